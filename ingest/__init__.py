@@ -1,0 +1,1 @@
+"""The ingress: verify, claim, enqueue, acknowledge. Nothing here parses business payloads."""

@@ -1,0 +1,214 @@
+"""The aiohttp application: ``POST /webhooks/{source}``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+The request flow, in order: source known (404) -> body within the limit (413) and read within
+the time limit -> source address allowed (403) -> signature (401) -> event id found (400) ->
+claim and enqueue in one Redis script (202 accepted / 200 duplicate / 503 when Redis is away).
+Request errors map to answers in one place, :func:`_reject`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from ingest.addresses import allowed, client_address
+from ingest.body import read_body
+from ingest.metrics import IngestMetrics
+from shared.config import Settings, SourceSettings
+from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+from shared.envelope import Envelope, redact_headers
+from shared.errors import EventIdNotFound, IpNotAllowed, RequestRejected, UnknownSource
+from shared.locators import MAX_ID_LENGTH, JsonBody, locate
+
+log = logging.getLogger("hookline.ingest")
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", aioredis.Redis)
+METRICS = web.AppKey("metrics", IngestMetrics)
+JOB_SPEC = web.AppKey("job_spec", JobSpec)
+
+#: aiohttp server options. Lingering (reading and discarding the rest of a body after the
+#: answer) is cut to half a second: a body over the limit or a trickling client is answered
+#: and then dropped, not read for aiohttp's default 10 s.
+SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0.5}
+
+#: seconds a client is told to wait before retrying while Redis is unreachable
+RETRY_AFTER_SECONDS = 5
+
+
+def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
+    """Build the ingress. ``redis`` may be passed in (tests); otherwise it is opened from
+    ``settings.redis_url`` and closed with the app."""
+    app = web.Application(
+        # a safety net only: the handler reads the body itself, bounded by max_body_bytes
+        client_max_size=settings.ingest.max_body_bytes + 1,
+        middlewares=[_errors_middleware],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = IngestMetrics.create()
+    app[JOB_SPEC] = JobSpec(
+        queue=settings.queue,
+        timeout_seconds=settings.worker.job_timeout_seconds,
+        claim_ttl_seconds=settings.ingest.dedup_ttl_seconds,
+    )
+    app.cleanup_ctx.append(_redis_ctx(settings, redis))
+    app.router.add_post("/webhooks/{source}", receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _redis_ctx(
+    settings: Settings, given: aioredis.Redis | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        timeout = settings.ingest.redis_timeout_seconds
+        client = given or aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        app[REDIS] = client
+        yield
+        if given is None:
+            await client.aclose()
+
+    return ctx
+
+
+@web.middleware
+async def _errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestRejected as err:
+        return _reject(request, err)
+
+
+def _reject(request: web.Request, err: RequestRejected) -> web.Response:
+    source = request.match_info.get("source", "")
+    label = source if source in request.app[SETTINGS].sources else "_unknown"
+    request.app[METRICS].rejected.labels(label, err.code).inc()
+    # the reason only: never the headers, which may carry secrets or signatures
+    log.info("rejected %s %s: %s", label, err.status, err.code)
+    response = web.json_response({"error": err.code}, status=err.status)
+    if err.close_connection:
+        response.force_close()
+    return response
+
+
+async def receive(request: web.Request) -> web.Response:
+    """``POST /webhooks/{source}``."""
+    app = request.app
+    settings = app[SETTINGS]
+    source = settings.sources.get(request.match_info["source"])
+    if source is None:
+        raise UnknownSource("unknown source")
+    app[METRICS].received.labels(source.name).inc()
+    body = await read_body(request, settings.ingest)
+    _check_address(request, source, settings)
+    now = time.time()
+    source.scheme.verify(request.headers, body, now)
+    event_id = _event_id(request, source, body)
+    envelope = Envelope(
+        source=source.name,
+        event_id=event_id,
+        received_at=now,
+        headers=redact_headers(request.headers.items(), source.scheme.sensitive()),
+        body=body,
+        remote=request.remote,
+    )
+    return await _claim_and_enqueue(app, envelope)
+
+
+def _check_address(request: web.Request, source: SourceSettings, settings: Settings) -> None:
+    if not source.allowed_ips:
+        return
+    addr = client_address(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        settings.ingest.trusted_proxies,
+    )
+    if not allowed(addr, source.allowed_ips):
+        raise IpNotAllowed("address not allowed")
+
+
+def _event_id(request: web.Request, source: SourceSettings, body: bytes) -> str:
+    event_id = locate(source.event_id, request.headers, body, JsonBody(body))
+    if event_id is None:
+        raise EventIdNotFound(f"event id not found at {source.event_id.text}")
+    if len(event_id) > MAX_ID_LENGTH or not event_id.isprintable():
+        raise EventIdNotFound("event id is too long or not printable")
+    return event_id
+
+
+async def _claim_and_enqueue(app: web.Application, envelope: Envelope) -> web.Response:
+    metrics = app[METRICS]
+    keys_, args = script_call(envelope, app[JOB_SPEC])
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds):
+            reply = await app[REDIS].eval(CLAIM_AND_ENQUEUE, len(keys_), *keys_, *args)
+    except (RedisError, OSError, TimeoutError) as err:
+        # nothing is acknowledged that is not queued: the provider will retry
+        metrics.rejected.labels(envelope.source, "unavailable").inc()
+        log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
+        return web.json_response(
+            {"error": "unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+    metrics.enqueue_seconds.observe(time.perf_counter() - started)
+    result = parse_reply(reply)
+    if not result.accepted:
+        metrics.duplicates.labels(envelope.source).inc()
+        return web.json_response({"status": "duplicate", "event_id": envelope.event_id}, status=200)
+    metrics.accepted.labels(envelope.source).inc()
+    return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].ingest.redis_timeout_seconds):
+            await request.app[REDIS].ping()
+    except (RedisError, OSError, TimeoutError):
+        return web.json_response({"status": "unavailable", "redis": False}, status=503)
+    return web.json_response({"status": "ready", "redis": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[METRICS].registry)
+    resp = web.Response(body=payload)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+def run(settings: Settings, host: str, port: int, **kwargs: Any) -> None:
+    """``hookline serve``: uvloop when available, access log without headers."""
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop_factory = None
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log_format='%a "%r" %s %b %Tf',
+        loop=loop_factory() if loop_factory else None,
+        **{**SERVER_OPTIONS, **kwargs},
+    )

@@ -1,0 +1,63 @@
+"""Reading the raw body: bounded in size and in time.
+
+aiohttp has no timeout of its own around reading a request body, so a client that sends its
+headers and then trickles bytes would hold a connection (and a coroutine) forever. The limit
+is checked against ``Content-Length`` before reading anything, and again while reading for
+chunked bodies, so nothing past the limit is ever read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from shared.config import IngestSettings
+from shared.errors import BodyTooLarge, RequestRejected
+
+
+class BodyTimeout(RequestRejected):
+    """The client did not send its body in time."""
+
+    status = 408
+    code = "body_timeout"
+    close_connection = True
+
+
+class BadLength(RequestRejected):
+    """``Content-Length`` is not a number."""
+
+    status = 400
+    code = "bad_content_length"
+
+
+_CHUNK = 64 * 1024
+
+
+async def read_body(request: web.Request, limits: IngestSettings) -> bytes:
+    limit = limits.max_body_bytes
+    declared = request.headers.get("Content-Length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadLength("bad content length")
+        if int(declared) > limit:
+            raise BodyTooLarge("body too large")
+    try:
+        async with asyncio.timeout(limits.read_timeout_seconds):
+            return await _read_bounded(request, limit)
+    except TimeoutError as err:
+        raise BodyTimeout("body not received in time") from err
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge("body too large")
+        chunks.append(chunk)
+

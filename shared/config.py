@@ -1,0 +1,284 @@
+"""Configuration: a TOML file, ``${NAME}`` strings read from the environment, and two
+environment overrides. Every mistake is a :class:`~shared.errors.ConfigError` that names the key,
+because a typo must never switch verification off."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+from shared.locators import Locator, parse_locator
+from shared.signatures import Scheme, SchemeConfig, build_scheme
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFAULT_CONFIG_FILE = "hookline.toml"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///hookline.db"
+
+_TOP_KEYS = {"redis_url", "database_url", "queue", "ingest", "worker", "sources"}
+_COMMON_SOURCE_KEYS = {
+    "scheme",
+    "secrets",
+    "tolerance_seconds",
+    "allowed_ips",
+    "event_id",
+    "event_type",
+}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """``[ingest]``: the front door."""
+
+    max_body_bytes: int = 1_048_576
+    dedup_ttl_seconds: int = 259_200
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: a client trickling its body is answered 408 and dropped after this long
+    read_timeout_seconds: float = 8.0
+    #: Redis slower than this is treated as down: the answer is 503 well within 5 s
+    redis_timeout_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """``[worker]``: retries, timeouts and the handler modules to import."""
+
+    max_attempts: int = 8
+    backoff_seconds: tuple[int, ...] = (5, 30, 120, 600, 1800, 3600, 7200)
+    job_timeout_seconds: int = 60
+    handlers: tuple[str, ...] = ()
+    builtin_handlers: bool = True
+    #: a job held by a dead worker is recovered after at most this long
+    abandoned_after_seconds: int = 120
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """``[sources.NAME]``: one provider sending to ``POST /webhooks/NAME``."""
+
+    name: str
+    scheme: Scheme
+    allowed_ips: tuple[IPNetwork, ...]
+    event_id: Locator
+    event_type: Locator | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration, validated."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    queue: str = "hookline"
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    sources: Mapping[str, SourceSettings] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """``--config``, else ``$HOOKLINE_CONFIG``, else ``./hookline.toml`` if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("HOOKLINE_CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    required: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Find, read and validate the configuration; ``ConfigError`` names what is wrong."""
+    env = os.environ if environ is None else environ
+    path = find_config(explicit)
+    if path is None:
+        if required:
+            raise ConfigError(
+                f"no configuration: pass --config, set HOOKLINE_CONFIG or create ./{DEFAULT_CONFIG_FILE}"
+            )
+        return settings_from_mapping({}, environ=env)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"configuration file not found: {path}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read configuration file {path}: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from err
+    return settings_from_mapping(raw, environ=env, path=path)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+) -> Settings:
+    """Validate an already-parsed TOML document."""
+    env = os.environ if environ is None else environ
+    data = _expand(raw, env, "")
+    _no_unknown(data, _TOP_KEYS, "")
+    redis_url = env.get("HOOKLINE_REDIS_URL") or _get(data, "redis_url", str, DEFAULT_REDIS_URL)
+    database_url = env.get("HOOKLINE_DATABASE_URL") or _get(
+        data, "database_url", str, DEFAULT_DATABASE_URL
+    )
+    sources_raw = _get(data, "sources", dict, {})
+    sources = {name: _source(name, body) for name, body in sources_raw.items()}
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        queue=_get(data, "queue", str, "hookline"),
+        ingest=_ingest(_get(data, "ingest", dict, {})),
+        worker=_worker(_get(data, "worker", dict, {})),
+        sources=sources,
+        path=path,
+    )
+
+
+def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
+    """Replace every ``"${NAME}"`` string by the environment variable NAME."""
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        match = _ENV_REF.fullmatch(value)
+        if match:
+            name = match.group(1)
+            if name not in env or not env[name]:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return env[name]
+    return value
+
+
+def _no_unknown(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        prefix = f"[{where}] " if where else ""
+        raise ConfigError(f"{prefix}unknown key {unknown[0]!r}")
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type, default: Any, where: str = "") -> Any:
+    if key not in data:
+        return default
+    value = data[key]
+    # bool is an int in Python; a number where a flag is expected (or the reverse) is a mistake
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        name = f"{where}.{key}" if where else key
+        raise ConfigError(f"{name} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _positive(value: int | float, name: str) -> Any:
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _networks(values: Any, name: str) -> tuple[IPNetwork, ...]:
+    if not isinstance(values, list):
+        raise ConfigError(f"{name} must be a list of addresses or CIDRs")
+    out = []
+    for v in values:
+        try:
+            out.append(ipaddress.ip_network(str(v), strict=False))
+        except ValueError as err:
+            raise ConfigError(f"{name}: {v!r} is not an address or CIDR") from err
+    return tuple(out)
+
+
+def _ingest(data: Mapping[str, Any]) -> IngestSettings:
+    w = "ingest"
+    _no_unknown(data, IngestSettings.__dataclass_fields__, w)
+    d = IngestSettings()
+    return IngestSettings(
+        max_body_bytes=_positive(
+            _get(data, "max_body_bytes", int, d.max_body_bytes, w), "ingest.max_body_bytes"
+        ),
+        dedup_ttl_seconds=_positive(
+            _get(data, "dedup_ttl_seconds", int, d.dedup_ttl_seconds, w),
+            "ingest.dedup_ttl_seconds",
+        ),
+        trusted_proxies=_networks(data.get("trusted_proxies", []), "ingest.trusted_proxies"),
+        read_timeout_seconds=_positive(
+            float(_get(data, "read_timeout_seconds", (int, float), 8.0, w)),  # type: ignore[arg-type]
+            "ingest.read_timeout_seconds",
+        ),
+        redis_timeout_seconds=_positive(
+            float(_get(data, "redis_timeout_seconds", (int, float), 1.0, w)),  # type: ignore[arg-type]
+            "ingest.redis_timeout_seconds",
+        ),
+    )
+
+
+def _worker(data: Mapping[str, Any]) -> WorkerSettings:
+    w = "worker"
+    _no_unknown(data, WorkerSettings.__dataclass_fields__, w)
+    d = WorkerSettings()
+    backoff = _get(data, "backoff_seconds", list, list(d.backoff_seconds), w)
+    if not backoff or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in backoff):
+        raise ConfigError("worker.backoff_seconds must be a non-empty list of non-negative integers")
+    handlers = _get(data, "handlers", list, [], w)
+    if not all(isinstance(h, str) and h for h in handlers):
+        raise ConfigError("worker.handlers must be a list of module names")
+    return WorkerSettings(
+        max_attempts=_positive(_get(data, "max_attempts", int, d.max_attempts, w), "worker.max_attempts"),
+        backoff_seconds=tuple(backoff),
+        job_timeout_seconds=_positive(
+            _get(data, "job_timeout_seconds", int, d.job_timeout_seconds, w),
+            "worker.job_timeout_seconds",
+        ),
+        handlers=tuple(handlers),
+        builtin_handlers=_get(data, "builtin_handlers", bool, d.builtin_handlers, w),
+        abandoned_after_seconds=_positive(
+            _get(data, "abandoned_after_seconds", int, d.abandoned_after_seconds, w),
+            "worker.abandoned_after_seconds",
+        ),
+    )
+
+
+def _source(name: str, data: Any) -> SourceSettings:
+    from shared.signatures import SCHEMES
+
+    w = f"sources.{name}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{w}] must be a table")
+    if "scheme" not in data:
+        raise ConfigError(f"[{w}] has no scheme")
+    scheme_name = _get(data, "scheme", str, None, w)
+    cls = SCHEMES.get(scheme_name)
+    if cls is None:
+        raise ConfigError(f"source {name!r}: unknown scheme {scheme_name!r}")
+    _no_unknown(data, _COMMON_SOURCE_KEYS | cls.option_keys, w)
+    secrets = _get(data, "secrets", list, [], w)
+    if not all(isinstance(s, str) for s in secrets):
+        raise ConfigError(f"{w}.secrets must be a list of strings")
+    tolerance = _positive(_get(data, "tolerance_seconds", int, 300, w), f"{w}.tolerance_seconds")
+    allowed_ips = _networks(data.get("allowed_ips", []), f"{w}.allowed_ips")
+    if cls.needs_allowed_ips and not allowed_ips:
+        raise ConfigError(f"source {name!r}: scheme {scheme_name!r} needs allowed_ips")
+    options = {k: data[k] for k in cls.option_keys if k in data}
+    scheme = build_scheme(
+        scheme_name,
+        SchemeConfig(source=name, secrets=tuple(secrets), tolerance_seconds=tolerance, options=options),
+    )
+    event_id = parse_locator(_get(data, "event_id", str, cls.default_event_id, w), f"{w}.event_id")
+    type_raw = _get(data, "event_type", str, cls.default_event_type, w)
+    event_type = parse_locator(type_raw, f"{w}.event_type") if type_raw else None
+    return SourceSettings(
+        name=name, scheme=scheme, allowed_ips=allowed_ips, event_id=event_id, event_type=event_type
+    )

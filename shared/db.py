@@ -1,0 +1,131 @@
+"""The database schema (SQLAlchemy Core tables) and engine construction.
+
+SQLite by default, PostgreSQL in production. The schema itself is created and migrated by
+Alembic (``hookline db upgrade``); :data:`metadata` is its single source of truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+
+# constraint names fixed so Alembic migrations are the same on every backend
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(255)),
+    Column("status", String(16), nullable=False),  # processed | ignored
+    Column("attempts", Integer, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "event_id"),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("reference", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    # rank of ``status``: an update applies only when it moves the rank forward
+    Column("status_rank", Integer, nullable=False),
+    Column("amount", Numeric(20, 4)),
+    Column("currency", String(8)),
+    Column("event_id", String(255), nullable=False),  # the event that set the current status
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "reference"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(255)),
+    Column("reason", Text, nullable=False),  # the last error, one line
+    Column("permanent", Integer, nullable=False),  # 1: failed permanently; 0: out of attempts
+    Column("attempts", Integer, nullable=False),
+    Column("errors", JSON, nullable=False),  # [{"attempt", "at", "error", "permanent"}...]
+    Column("headers", JSON, nullable=False),  # [[name, value], ...] with signatures redacted
+    Column("body", LargeBinary, nullable=False),
+    Column("remote", String(64)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replays", Integer, nullable=False, default=0),
+    UniqueConstraint("source", "event_id"),
+    Index(None, "failed_at"),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def from_timestamp(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the settings each backend needs.
+
+    SQLite: a busy timeout so concurrent workers wait for the write lock instead of failing,
+    and WAL so readers (``hookline dlq list``) never block the workers.
+    PostgreSQL: a small pool (each worker runs one job at a time) with pre-ping, so a restarted
+    server costs one retried job rather than a dead worker.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if parsed.database not in (None, "", ":memory:"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs.setdefault("pool_size", 2)
+    kwargs.setdefault("max_overflow", 2)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)

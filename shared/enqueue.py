@@ -1,0 +1,128 @@
+"""Claim an event id and queue its job as one atomic step.
+
+The claim (``SET NX EX``) and the RQ enqueue (job hash, ``rq:queues``, ``RPUSH``) run in one
+Lua script, so no client crash or dropped connection can leave an event claimed but not queued
+(which would turn the provider's retry into a silent "duplicate" and lose the event), and two
+simultaneous deliveries cannot both be queued: Redis runs one script at a time.
+
+Redis does not roll a script back when a command in it fails, so every write goes through
+``redis.pcall`` and a failure undoes what the script wrote before it. The claim is written last.
+The job is an ordinary RQ job, built by RQ's own :class:`rq.job.Job`, so ``rq info``, the
+workers and RQ's registries understand it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq.job import Job, JobStatus
+
+from shared import keys
+from shared.envelope import Envelope
+
+CLAIM_AND_ENQUEUE = """
+-- KEYS: claim, job hash, queue list, rq:queues
+-- ARGV: job id, claim ttl, hash field/value pairs...
+local claimed = redis.call("GET", KEYS[1])
+if claimed then
+    return {0, claimed}
+end
+local function undo(err, step)
+    if step >= 3 then redis.call("LREM", KEYS[3], -1, ARGV[1]) end
+    if step >= 1 then redis.call("DEL", KEYS[2]) end
+    return redis.error_reply(err)
+end
+local r = redis.pcall("HSET", KEYS[2], unpack(ARGV, 3))
+if type(r) == "table" and r.err then return undo(r.err, 1) end
+r = redis.pcall("SADD", KEYS[4], KEYS[3])
+if type(r) == "table" and r.err then return undo(r.err, 2) end
+r = redis.pcall("RPUSH", KEYS[3], ARGV[1])
+if type(r) == "table" and r.err then return undo(r.err, 2) end
+r = redis.pcall("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
+if type(r) == "table" and r.err then return undo(r.err, 3) end
+return {1, ARGV[1]}
+"""
+
+# RQ's Job needs a connection object to exist; building the hash never talks to Redis.
+_NO_CONNECTION = Redis(host="127.0.0.1", port=1)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """How queued event jobs are built: queue name and RQ timeouts/TTLs."""
+
+    queue: str
+    timeout_seconds: int
+    claim_ttl_seconds: int
+
+
+def job_fields(envelope: Envelope, spec: JobSpec, job_id: str) -> list[Any]:
+    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list."""
+    job = Job.create(
+        keys.JOB_FUNC,
+        args=(envelope.to_dict(),),
+        connection=_NO_CONNECTION,
+        id=job_id,
+        timeout=spec.timeout_seconds,
+        result_ttl=keys.RESULT_TTL_SECONDS,
+        failure_ttl=keys.FAILURE_TTL_SECONDS,
+        description=f"{envelope.source} {envelope.event_id}",
+    )
+    job.origin = spec.queue
+    job.enqueued_at = _utc_now()
+    job._status = JobStatus.QUEUED
+    out: list[Any] = []
+    for field, value in job.to_dict().items():
+        if value is None:
+            continue
+        out.append(field)
+        out.append(value if isinstance(value, bytes | str) else str(value))
+    return out
+
+
+def _utc_now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def script_call(envelope: Envelope, spec: JobSpec) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`CLAIM_AND_ENQUEUE`."""
+    job_id = uuid.uuid4().hex
+    keys_ = [
+        keys.claim_key(envelope.source, envelope.event_id),
+        Job.key_for(job_id).decode() if isinstance(Job.key_for(job_id), bytes) else Job.key_for(job_id),
+        keys.queue_key(spec.queue),
+        keys.QUEUES_SET,
+    ]
+    args: list[Any] = [job_id, spec.claim_ttl_seconds, *job_fields(envelope, spec, job_id)]
+    return keys_, args
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """``accepted`` is False when the id was already claimed; ``job_id`` is the claimant's."""
+
+    accepted: bool
+    job_id: str
+
+
+def parse_reply(reply: Any) -> EnqueueResult:
+    status, job_id = reply
+    if isinstance(job_id, bytes):
+        job_id = job_id.decode()
+    return EnqueueResult(bool(int(status)), str(job_id))
+
+
+def enqueue_sync(redis: Redis, envelope: Envelope, spec: JobSpec) -> EnqueueResult:
+    """Claim-and-enqueue from synchronous code (``hookline dlq replay``)."""
+    k, a = script_call(envelope, spec)
+    return parse_reply(redis.eval(CLAIM_AND_ENQUEUE, len(k), *k, *a))
+
+
+def now() -> float:
+    return time.time()

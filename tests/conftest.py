@@ -1,0 +1,88 @@
+"""Shared fixtures: real Redis and PostgreSQL where behaviour depends on them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shared.migrate import upgrade
+from tests import services
+
+
+@pytest.fixture(scope="session")
+def redis_base() -> Iterator[str]:
+    with services.redis_server() as (base, _server):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def redis_session_url(redis_base: str) -> Iterator[str]:
+    url, token = services.lock_database(redis_base)
+    yield url
+    services.unlock_database(url, token)
+
+
+@pytest.fixture
+def redis_url(redis_session_url: str) -> Iterator[str]:
+    """This run's Redis database, emptied before each test."""
+    services.flush_except_lock(redis_session_url)
+    yield redis_session_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_session_url() -> Iterator[str | None]:
+    with services.postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_session_url: str | None) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database for this test."""
+    if postgres_session_url is None:
+        services.missing("PostgreSQL is not reachable at 127.0.0.1:5432")
+    assert postgres_session_url is not None
+    from sqlalchemy import text
+
+    from shared.db import make_engine
+
+    upgrade(postgres_session_url)
+    engine = make_engine(postgres_session_url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE webhook_events, payments, dead_letters RESTART IDENTITY"))
+    engine.dispose()
+    yield postgres_session_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'hookline.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each behaviour that depends on the database runs on both backends."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    value: Any = request.getfixturevalue(name)
+    return str(value)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the developer's own configuration."""
+    for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    os.environ.setdefault("HOOKLINE_TESTING", "1")

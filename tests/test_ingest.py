@@ -1,0 +1,340 @@
+"""The ingress as a provider sees it: HTTP answers, and what lands in Redis (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from rq import Queue
+
+from ingest.app import SERVER_OPTIONS, create_app
+from shared import keys
+from shared.config import Settings
+from shared.envelope import REDACTED
+from tests.helpers import SECRET_VALUES, SOURCES, make_settings, signed
+
+ALL = sorted(SOURCES)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+
+
+def queued_jobs(redis_client: redis.Redis, queue: str = "hookline") -> list[Any]:
+    return Queue(queue, connection=redis_client).get_jobs()
+
+
+async def post(client: TestClient, source: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    resp = await client.post(f"/webhooks/{source}", data=body, headers=headers)
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("source", ALL)
+async def test_authentic_event_is_accepted_and_queued_as_an_rq_job(
+    client: TestClient, settings: Settings, redis_client: redis.Redis, source: str
+) -> None:
+    # Given an authentic delivery signed with the scheme's own code
+    body, headers, _ = signed(settings, source)
+    # When it is posted
+    status, answer = await post(client, source, body, headers)
+    # Then it is accepted and exactly one ordinary RQ job holds the raw body
+    assert status == 202, answer
+    assert answer["status"] == "accepted"
+    jobs = queued_jobs(redis_client)
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.func_name == keys.JOB_FUNC
+    assert job.get_status() == "queued"
+    envelope = job.args[0]
+    assert envelope["body"] == body
+    assert envelope["source"] == source
+    assert envelope["event_id"] == answer["event_id"]
+    # and no signature or secret is stored with it
+    sensitive = settings.sources[source].scheme.sensitive()
+    for name, value in envelope["headers"]:
+        if name.lower() in sensitive:
+            assert value == REDACTED
+    stored = json.dumps(envelope["headers"])
+    for secret in SECRET_VALUES:
+        assert secret not in stored
+
+
+@pytest.mark.parametrize("source", ALL)
+async def test_redelivery_is_a_duplicate_and_queues_nothing(
+    client: TestClient, settings: Settings, redis_client: redis.Redis, source: str
+) -> None:
+    body, headers, _ = signed(settings, source, n=7)
+    first = await post(client, source, body, headers)
+    # a redelivery carries a fresh signature, as providers do
+    body2, headers2, _ = signed(settings, source, n=7, now=time.time() + 1, body=body)
+    second = await post(client, source, body2, headers2)
+    assert first[0] == 202
+    assert second == (200, {"status": "duplicate", "event_id": first[1]["event_id"]})
+    assert len(queued_jobs(redis_client)) == 1
+
+
+async def test_simultaneous_deliveries_queue_exactly_one_job(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given 20 deliveries of one event arriving at the same moment
+    body, headers, _ = signed(settings, "stripe", n=1)
+    results = await asyncio.gather(*(post(client, "stripe", body, headers) for _ in range(20)))
+    statuses = sorted(r[0] for r in results)
+    # Then exactly one is accepted, the others are duplicates, and one job is queued
+    assert statuses == [200] * 19 + [202]
+    assert len(queued_jobs(redis_client)) == 1
+
+
+async def test_duplicate_after_the_job_finished_is_still_a_duplicate(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    body, headers, _ = signed(settings, "moncash", n=3)
+    assert (await post(client, "moncash", body, headers))[0] == 202
+    # When the job has run and RQ has expired its data
+    job = queued_jobs(redis_client)[0]
+    redis_client.delete(job.key, keys.queue_key("hookline"))
+    # Then a redelivery inside the dedup window is answered 200 and queues nothing
+    status, answer = await post(client, "moncash", body, headers)
+    assert (status, answer["status"]) == (200, "duplicate")
+    assert queued_jobs(redis_client) == []
+    ttl = redis_client.ttl(keys.claim_key("moncash", answer["event_id"]))
+    assert 0 < ttl <= settings.ingest.dedup_ttl_seconds
+
+
+async def test_redis_failure_between_claim_and_enqueue_leaves_neither(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given a Redis that fails the push onto the queue (the key holds the wrong type)
+    redis_client.set(keys.queue_key("hookline"), "not a list")
+    body, headers, _ = signed(settings, "moncash", n=4)
+    status, answer = await post(client, "moncash", body, headers)
+    # Then the answer is 503 and neither the claim nor the job exists
+    assert status == 503 and answer == {"error": "unavailable"}
+    event_id = json.loads(body)["id"]
+    assert redis_client.exists(keys.claim_key("moncash", event_id)) == 0
+    assert [k for k in redis_client.scan_iter("rq:job:*")] == []
+    # And the provider's retry, once Redis is healthy, is accepted (not a silent duplicate)
+    redis_client.delete(keys.queue_key("hookline"))
+    assert (await post(client, "moncash", body, headers))[0] == 202
+    assert len(queued_jobs(redis_client)) == 1
+
+
+async def test_redis_failure_when_claiming_leaves_no_job(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given the claim write itself fails (the claim key is a list: SET would succeed, so make
+    # the registry set fail instead: the step between the job hash and the queue push)
+    redis_client.rpush(keys.QUEUES_SET, "wrong type")
+    body, headers, _ = signed(settings, "stripe", n=5)
+    status, _ = await post(client, "stripe", body, headers)
+    assert status == 503
+    assert [k for k in redis_client.scan_iter("rq:job:*")] == []
+    assert [k for k in redis_client.scan_iter(keys.CLAIM + "*")] == []
+
+
+async def test_redis_unreachable_is_503_with_retry_after_within_a_second(
+    aiohttp_client: Any,
+) -> None:
+    # Given Redis cannot be reached (nothing listens on the port)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(f"redis://127.0.0.1:{port}/0")
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "github")
+    started = time.monotonic()
+    resp = await client.post("/webhooks/github", data=body, headers=headers)
+    elapsed = time.monotonic() - started
+    assert resp.status == 503
+    assert await resp.json() == {"error": "unavailable"}
+    assert int(resp.headers["Retry-After"]) > 0
+    assert elapsed < settings.ingest.redis_timeout_seconds + 1.0
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_redis_too_slow_is_503(
+    aiohttp_client: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given a Redis that is busy for longer than the ingress waits (a blocking script)
+    settings = make_settings(redis_url, ingest={"redis_timeout_seconds": 0.3})
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "stripe")
+    blocker = aioredis.Redis.from_url(redis_url)
+    spin = (
+        "local s = redis.call('TIME') local t0 = s[1] * 1e6 + s[2] "
+        "repeat local n = redis.call('TIME') until n[1] * 1e6 + n[2] > t0 + 1.5e6 return 1"
+    )
+    busy = asyncio.ensure_future(blocker.eval(spin, 0))
+    await asyncio.sleep(0.1)
+    try:
+        status, answer = await post(client, "stripe", body, headers)
+    finally:
+        await busy
+        await blocker.aclose()
+    assert status == 503
+    # nothing acknowledged was lost: the answer was 503, the provider retries and is accepted
+    await asyncio.sleep(0.2)
+    retry = await post(client, "stripe", body, headers)
+    assert retry[0] in (200, 202)
+    assert len(queued_jobs(redis_client)) <= 1
+
+
+async def test_unknown_source_is_404(client: TestClient) -> None:
+    assert await post(client, "nope", b"{}", {}) == (404, {"error": "unknown_source"})
+
+
+async def test_event_id_missing_where_the_source_says_is_400(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # an authentic moncash body without its "id"
+    body, headers, _ = signed(settings, "moncash", body=b'{"event":"payment.completed"}')
+    status, answer = await post(client, "moncash", body, headers)
+    assert status == 400 and answer == {"error": "event_id_not_found"}
+    assert queued_jobs(redis_client) == []
+
+
+async def test_event_id_override_from_a_header(aiohttp_client: Any, redis_url: str) -> None:
+    sources = {"hmac": {**SOURCES["hmac"], "event_id": "header:X-Request-Id"}}
+    settings = make_settings(redis_url, sources=sources)
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "hmac")
+    assert (await post(client, "hmac", body, headers))[0] == 400
+    headers["X-Request-Id"] = "req-42"
+    assert await post(client, "hmac", body, headers) == (
+        202, {"status": "accepted", "event_id": "req-42"}
+    )
+
+
+async def test_oversized_body_is_413_by_content_length(aiohttp_client: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 1000})
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "github", body=b"x" * 1001)
+    assert await post(client, "github", body, headers) == (413, {"error": "body_too_large"})
+
+
+async def test_oversized_chunked_body_is_413(aiohttp_client: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 1000})
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "github", body=b"y" * 5000)
+
+    async def chunks() -> Any:
+        for i in range(0, len(body), 500):
+            yield body[i : i + 500]
+
+    resp = await client.post("/webhooks/github", data=chunks(), headers=headers)
+    assert resp.status == 413
+
+
+async def test_body_at_the_limit_is_accepted(aiohttp_client: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 1000})
+    client = await aiohttp_client(create_app(settings))
+    body, headers, _ = signed(settings, "github", body=b"z" * 1000)
+    assert (await post(client, "github", body, headers))[0] == 202
+
+
+async def test_ip_not_allowed_is_403_before_the_signature(aiohttp_client: Any, redis_url: str) -> None:
+    sources = {"helloasso": {**SOURCES["helloasso"], "allowed_ips": ["51.138.206.200"]}}
+    settings = make_settings(redis_url, sources=sources)
+    client = await aiohttp_client(create_app(settings))
+    # even a request with no signature at all gets 403, not 401
+    assert await post(client, "helloasso", b"{}", {}) == (403, {"error": "ip_not_allowed"})
+
+
+async def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    aiohttp_client: Any, redis_url: str
+) -> None:
+    sources = {"ip-allowlist": {**SOURCES["ip-allowlist"], "allowed_ips": ["51.138.206.200"]}}
+    body = b'{"id":"a"}'
+    untrusted = make_settings(redis_url, sources=sources)
+    c1 = await aiohttp_client(create_app(untrusted))
+    xff = {"X-Forwarded-For": "51.138.206.200"}
+    assert (await post(c1, "ip-allowlist", body, xff))[0] == 403
+    trusted = make_settings(redis_url, sources=sources, ingest={"trusted_proxies": ["127.0.0.1"]})
+    c2 = await aiohttp_client(create_app(trusted))
+    assert (await post(c2, "ip-allowlist", body, xff))[0] == 202
+    # the client cannot forge an entry left of the one the proxy appended
+    forged = {"X-Forwarded-For": "51.138.206.200, 203.0.113.9"}
+    assert (await post(c2, "ip-allowlist", b'{"id":"b"}', forged))[0] == 403
+
+
+@pytest.fixture
+async def live_port(redis_url: str) -> Any:
+    """The ingress served as ``hookline serve`` serves it (same server options)."""
+    settings = make_settings(redis_url, ingest={"read_timeout_seconds": 1})
+    runner = web.AppRunner(create_app(settings), **SERVER_OPTIONS)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def test_trickled_body_is_dropped(live_port: int) -> None:
+    port = live_port
+    loop = asyncio.get_running_loop()
+
+    def trickle() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
+            s.sendall(
+                b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123"
+            )
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except TimeoutError:
+                    return b"TIMEOUT " + data
+                if not chunk:
+                    return data
+                data += chunk
+
+    # Then it is answered 408 and the connection is closed (not held open by the client)
+    answer = await loop.run_in_executor(None, trickle)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+async def test_health_ready_and_metrics(client: TestClient, settings: Settings) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    body, headers, _ = signed(settings, "github")
+    await post(client, "github", body, headers)
+    await post(client, "github", body, headers)
+    await post(client, "github", body, {})
+    text = await (await client.get("/metrics")).text()
+    assert 'hookline_ingest_accepted_total{source="github"} 1.0' in text
+    assert 'hookline_ingest_duplicates_total{source="github"} 1.0' in text
+    assert 'hookline_ingest_rejected_total{reason="missing_signature",source="github"} 1.0' in text
+    assert "hookline_ingest_enqueue_seconds_count 2.0" in text
+
+
+async def test_logs_never_hold_secrets_or_signatures(
+    client: TestClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sent_signatures: list[str] = []
+    for source in ALL:
+        body, headers, _ = signed(settings, source)
+        sensitive = settings.sources[source].scheme.sensitive()
+        sent_signatures += [v for k, v in headers.items() if k.lower() in sensitive]
+        await post(client, source, body, headers)
+        forged = {k: (v[:-2] + "00" if k.lower() in sensitive else v) for k, v in headers.items()}
+        await post(client, source, body, forged)
+    text = caplog.text
+    for value in SECRET_VALUES + [s for s in sent_signatures if len(s) > 8]:
+        assert value not in text
