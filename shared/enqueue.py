@@ -13,15 +13,18 @@ workers and RQ's registries understand it.
 
 from __future__ import annotations
 
-import time
+import datetime as dt
+import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 
 from shared import keys
+from shared.config import Settings
 from shared.envelope import Envelope
 
 CLAIM_AND_ENQUEUE = """
@@ -53,30 +56,60 @@ _NO_CONNECTION = Redis(host="127.0.0.1", port=1)
 
 @dataclass(frozen=True)
 class JobSpec:
-    """How queued event jobs are built: queue name and RQ timeouts/TTLs."""
+    """How queued event jobs are built: queue, timeout, dedup window and retry policy."""
 
     queue: str
     timeout_seconds: int
     claim_ttl_seconds: int
+    max_attempts: int
+    backoff_seconds: tuple[int, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobSpec:
+        return cls(
+            queue=settings.queue,
+            timeout_seconds=settings.worker.job_timeout_seconds,
+            claim_ttl_seconds=settings.ingest.dedup_ttl_seconds,
+            max_attempts=settings.worker.max_attempts,
+            backoff_seconds=settings.worker.backoff_seconds,
+        )
 
 
-def job_fields(envelope: Envelope, spec: JobSpec, job_id: str) -> list[Any]:
-    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list."""
+def retry_policy(max_attempts: int, backoff: Sequence[int], rng: random.Random | None = None) -> Retry | None:
+    """RQ's ``Retry`` for ``max_attempts`` runs: one interval per retry, the configured backoff
+    (its last value repeated) with +-20 % jitter so a burst of failures does not come back as a
+    burst."""
+    if max_attempts <= 1:
+        return None
+    rng = rng or random.Random()
+    retries = max_attempts - 1
+    base = [backoff[min(i, len(backoff) - 1)] for i in range(retries)]
+    return Retry(max=retries, interval=[max(0, round(b * rng.uniform(0.8, 1.2))) for b in base])
+
+
+def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> Job:
+    """The RQ job for ``envelope``, queued state, not yet written anywhere."""
     job = Job.create(
         keys.JOB_FUNC,
         args=(envelope.to_dict(),),
         connection=_NO_CONNECTION,
-        id=job_id,
+        id=job_id or uuid.uuid4().hex,
         timeout=spec.timeout_seconds,
         result_ttl=keys.RESULT_TTL_SECONDS,
         failure_ttl=keys.FAILURE_TTL_SECONDS,
         description=f"{envelope.source} {envelope.event_id}",
+        retry=retry_policy(spec.max_attempts, spec.backoff_seconds),
     )
     job.origin = spec.queue
-    job.enqueued_at = _utc_now()
+    job.enqueued_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     job._status = JobStatus.QUEUED
+    return job
+
+
+def job_fields(envelope: Envelope, spec: JobSpec, job_id: str) -> list[Any]:
+    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list."""
     out: list[Any] = []
-    for field, value in job.to_dict().items():
+    for field, value in build_job(envelope, spec, job_id).to_dict().items():
         if value is None:
             continue
         out.append(field)
@@ -84,18 +117,12 @@ def job_fields(envelope: Envelope, spec: JobSpec, job_id: str) -> list[Any]:
     return out
 
 
-def _utc_now() -> Any:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 def script_call(envelope: Envelope, spec: JobSpec) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for :data:`CLAIM_AND_ENQUEUE`."""
     job_id = uuid.uuid4().hex
     keys_ = [
         keys.claim_key(envelope.source, envelope.event_id),
-        Job.key_for(job_id).decode() if isinstance(Job.key_for(job_id), bytes) else Job.key_for(job_id),
+        keys.job_key(job_id),
         keys.queue_key(spec.queue),
         keys.QUEUES_SET,
     ]
@@ -116,13 +143,3 @@ def parse_reply(reply: Any) -> EnqueueResult:
     if isinstance(job_id, bytes):
         job_id = job_id.decode()
     return EnqueueResult(bool(int(status)), str(job_id))
-
-
-def enqueue_sync(redis: Redis, envelope: Envelope, spec: JobSpec) -> EnqueueResult:
-    """Claim-and-enqueue from synchronous code (``hookline dlq replay``)."""
-    k, a = script_call(envelope, spec)
-    return parse_reply(redis.eval(CLAIM_AND_ENQUEUE, len(k), *k, *a))
-
-
-def now() -> float:
-    return time.time()

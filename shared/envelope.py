@@ -28,6 +28,8 @@ class Envelope:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     remote: str | None = None
+    #: sent again by ``hookline dlq replay``: success resolves its dead letter
+    replay: bool = False
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -45,6 +47,7 @@ class Envelope:
             "headers": [list(h) for h in self.headers],
             "body": self.body,
             "remote": self.remote,
+            "replay": self.replay,
         }
 
     @classmethod
@@ -56,6 +59,7 @@ class Envelope:
             headers=tuple((str(k), str(v)) for k, v in data["headers"]),
             body=bytes(data["body"]),
             remote=data.get("remote"),
+            replay=bool(data.get("replay", False)),
         )
 
 

@@ -34,6 +34,10 @@ def claim_key(source: str, event_id: str) -> str:
     return f"{CLAIM}{source}:{event_id}"
 
 
+def job_key(job_id: str) -> str:
+    return f"rq:job:{job_id}"
+
+
 def queue_key(queue: str) -> str:
     return f"rq:queue:{queue}"
 

@@ -16,7 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 from shared.errors import ConfigError, InvalidSignature, MissingSignature, StaleTimestamp
 
@@ -24,10 +24,16 @@ _DIGITS = re.compile(rb"[0-9]{1,12}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
+_T = TypeVar("_T")
+
+
 class Headers(Protocol):
     """A case-insensitive multi-mapping such as aiohttp's ``CIMultiDictProxy``."""
 
-    def getall(self, key: str, default: Any = ...) -> list[str]: ...
+    @overload
+    def getall(self, key: str) -> list[str]: ...
+    @overload
+    def getall(self, key: str, default: _T) -> list[str] | _T: ...
 
 
 @dataclass(frozen=True)
@@ -102,10 +108,10 @@ def single_header(headers: Headers, name: str) -> str:
     """The one value of header ``name``: missing or empty is ``MissingSignature``, repeated is
     ambiguous and so ``InvalidSignature``."""
     values = headers.getall(name, [])
-    if not values or not values[0].strip():
-        raise MissingSignature(f"missing header {name}")
     if len(values) > 1:
         raise InvalidSignature(f"header {name} repeated")
+    if not values or not values[0].strip():
+        raise MissingSignature(f"missing header {name}")
     return values[0].strip()
 
 
@@ -115,6 +121,14 @@ def parse_unix_seconds(raw: str) -> int:
     if not _DIGITS.fullmatch(data):
         raise InvalidSignature("malformed timestamp")
     return int(data)
+
+
+def header_bytes(value: str) -> bytes:
+    """The bytes on the wire: aiohttp decodes headers as UTF-8 with ``surrogateescape``."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as err:  # a lone surrogate aiohttp cannot have produced
+        raise InvalidSignature("header is not text") from err
 
 
 def decode_hex(value: str) -> bytes:
