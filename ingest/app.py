@@ -54,11 +54,7 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     )
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create()
-    app[JOB_SPEC] = JobSpec(
-        queue=settings.queue,
-        timeout_seconds=settings.worker.job_timeout_seconds,
-        claim_ttl_seconds=settings.ingest.dedup_ttl_seconds,
-    )
+    app[JOB_SPEC] = JobSpec.from_settings(settings)
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
     app.router.add_post("/webhooks/{source}", receive)
     app.router.add_get("/healthz", healthz)

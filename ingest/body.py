@@ -60,4 +60,3 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge("body too large")
         chunks.append(chunk)
-

@@ -29,15 +29,20 @@ class IngestMetrics:
                 "hookline_ingest_accepted", "Events claimed and queued", ["source"], registry=r
             ),
             duplicates=Counter(
-                "hookline_ingest_duplicates", "Deliveries of an already claimed event", ["source"],
+                "hookline_ingest_duplicates",
+                "Deliveries of an already claimed event",
+                ["source"],
                 registry=r,
             ),
             rejected=Counter(
-                "hookline_ingest_rejected", "Requests refused, by reason", ["source", "reason"],
+                "hookline_ingest_rejected",
+                "Requests refused, by reason",
+                ["source", "reason"],
                 registry=r,
             ),
             enqueue_seconds=Histogram(
-                "hookline_ingest_enqueue_seconds", "Claim-and-enqueue round trip to Redis",
+                "hookline_ingest_enqueue_seconds",
+                "Claim-and-enqueue round trip to Redis",
                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
                 registry=r,
             ),

@@ -57,8 +57,6 @@ class WorkerSettings:
     job_timeout_seconds: int = 60
     handlers: tuple[str, ...] = ()
     builtin_handlers: bool = True
-    #: a job held by a dead worker is recovered after at most this long
-    abandoned_after_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,8 @@ def load_settings(
     if path is None:
         if required:
             raise ConfigError(
-                f"no configuration: pass --config, set HOOKLINE_CONFIG or create ./{DEFAULT_CONFIG_FILE}"
+                "no configuration: pass --config, set HOOKLINE_CONFIG"
+                f" or create ./{DEFAULT_CONFIG_FILE}"
             )
         return settings_from_mapping({}, environ=env)
     try:
@@ -230,13 +229,19 @@ def _worker(data: Mapping[str, Any]) -> WorkerSettings:
     _no_unknown(data, WorkerSettings.__dataclass_fields__, w)
     d = WorkerSettings()
     backoff = _get(data, "backoff_seconds", list, list(d.backoff_seconds), w)
-    if not backoff or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in backoff):
-        raise ConfigError("worker.backoff_seconds must be a non-empty list of non-negative integers")
+    if not backoff or not all(
+        isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in backoff
+    ):
+        raise ConfigError(
+            "worker.backoff_seconds must be a non-empty list of non-negative integers"
+        )
     handlers = _get(data, "handlers", list, [], w)
     if not all(isinstance(h, str) and h for h in handlers):
         raise ConfigError("worker.handlers must be a list of module names")
     return WorkerSettings(
-        max_attempts=_positive(_get(data, "max_attempts", int, d.max_attempts, w), "worker.max_attempts"),
+        max_attempts=_positive(
+            _get(data, "max_attempts", int, d.max_attempts, w), "worker.max_attempts"
+        ),
         backoff_seconds=tuple(backoff),
         job_timeout_seconds=_positive(
             _get(data, "job_timeout_seconds", int, d.job_timeout_seconds, w),
@@ -244,10 +249,6 @@ def _worker(data: Mapping[str, Any]) -> WorkerSettings:
         ),
         handlers=tuple(handlers),
         builtin_handlers=_get(data, "builtin_handlers", bool, d.builtin_handlers, w),
-        abandoned_after_seconds=_positive(
-            _get(data, "abandoned_after_seconds", int, d.abandoned_after_seconds, w),
-            "worker.abandoned_after_seconds",
-        ),
     )
 
 
@@ -274,7 +275,9 @@ def _source(name: str, data: Any) -> SourceSettings:
     options = {k: data[k] for k in cls.option_keys if k in data}
     scheme = build_scheme(
         scheme_name,
-        SchemeConfig(source=name, secrets=tuple(secrets), tolerance_seconds=tolerance, options=options),
+        SchemeConfig(
+            source=name, secrets=tuple(secrets), tolerance_seconds=tolerance, options=options
+        ),
     )
     event_id = parse_locator(_get(data, "event_id", str, cls.default_event_id, w), f"{w}.event_id")
     type_raw = _get(data, "event_type", str, cls.default_event_type, w)

@@ -129,3 +129,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 2)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(parsed, **kwargs)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite returns naive datetimes: they were stored in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

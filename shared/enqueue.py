@@ -75,7 +75,9 @@ class JobSpec:
         )
 
 
-def retry_policy(max_attempts: int, backoff: Sequence[int], rng: random.Random | None = None) -> Retry | None:
+def retry_policy(
+    max_attempts: int, backoff: Sequence[int], rng: random.Random | None = None
+) -> Retry | None:
     """RQ's ``Retry`` for ``max_attempts`` runs: one interval per retry, the configured backoff
     (its last value repeated) with +-20 % jitter so a burst of failures does not come back as a
     burst."""

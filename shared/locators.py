@@ -11,16 +11,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from shared.errors import ConfigError
+from shared.signatures.base import Headers
 
 #: ids longer than this are refused: they key the claim in Redis and a unique index in SQL
 MAX_ID_LENGTH = 255
-
-
-class _Headers(Protocol):
-    def getall(self, key: str, default: Any = ...) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def _at_path(doc: Any, path: tuple[str, ...]) -> str | None:
     return None
 
 
-def _part(part: Part, headers: _Headers, body: bytes, doc: Callable[[], Any]) -> str | None:
+def _part(part: Part, headers: Headers, body: bytes, doc: Callable[[], Any]) -> str | None:
     if part.kind == "sha256":
         return hashlib.sha256(body).hexdigest()
     if part.kind == "header":
@@ -107,7 +104,9 @@ def _part(part: Part, headers: _Headers, body: bytes, doc: Callable[[], Any]) ->
     return _at_path(doc(), part.path)
 
 
-def locate(locator: Locator, headers: _Headers, body: bytes, doc: JsonBody | None = None) -> str | None:
+def locate(
+    locator: Locator, headers: Headers, body: bytes, doc: JsonBody | None = None
+) -> str | None:
     """The located value, or ``None`` when no alternative is fully present."""
     parsed = doc or JsonBody(body)
     for alt in locator.alternatives:

@@ -91,7 +91,11 @@ def _github(tag: str, now: float, o: dict[str, Any]) -> Sample:
     doc = {"zen": "Keep it logically awesome.", "hook_id": int(now)}
     return Sample(
         _json(doc),
-        {"Content-Type": "application/json", "X-GitHub-Delivery": delivery, "X-GitHub-Event": "ping"},
+        {
+            "Content-Type": "application/json",
+            "X-GitHub-Delivery": delivery,
+            "X-GitHub-Event": "ping",
+        },
         event_id=delivery,
     )
 

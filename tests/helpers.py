@@ -63,8 +63,12 @@ def make_settings(
 
 
 def signed(
-    settings: Settings, source: str, n: int | None = None, now: float | None = None,
-    body: bytes | None = None, **overrides: Any,
+    settings: Settings,
+    source: str,
+    n: int | None = None,
+    now: float | None = None,
+    body: bytes | None = None,
+    **overrides: Any,
 ) -> tuple[bytes, dict[str, str], Sample]:
     """An authentic delivery for ``source``: (body, headers, sample)."""
     now = time.time() if now is None else now

@@ -114,7 +114,9 @@ def postgres_database() -> Iterator[str | None]:
 
     admin = make_url(postgres_admin_url())
     conninfo = dict(
-        host=admin.host or "127.0.0.1", port=admin.port or 5432, user=admin.username or "postgres",
+        host=admin.host or "127.0.0.1",
+        port=admin.port or 5432,
+        user=admin.username or "postgres",
         dbname=admin.database or "test",
     )
     try:

@@ -39,7 +39,9 @@ def queued_jobs(redis_client: redis.Redis, queue: str = "hookline") -> list[Any]
     return Queue(queue, connection=redis_client).get_jobs()
 
 
-async def post(client: TestClient, source: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+async def post(
+    client: TestClient, source: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, Any]:
     resp = await client.post(f"/webhooks/{source}", data=body, headers=headers)
     return resp.status, await resp.json()
 
@@ -183,7 +185,7 @@ async def test_redis_too_slow_is_503(
     busy = asyncio.ensure_future(blocker.eval(spin, 0))
     await asyncio.sleep(0.1)
     try:
-        status, answer = await post(client, "stripe", body, headers)
+        status, _answer = await post(client, "stripe", body, headers)
     finally:
         await busy
         await blocker.aclose()
@@ -217,7 +219,8 @@ async def test_event_id_override_from_a_header(aiohttp_client: Any, redis_url: s
     assert (await post(client, "hmac", body, headers))[0] == 400
     headers["X-Request-Id"] = "req-42"
     assert await post(client, "hmac", body, headers) == (
-        202, {"status": "accepted", "event_id": "req-42"}
+        202,
+        {"status": "accepted", "event_id": "req-42"},
     )
 
 
@@ -248,7 +251,9 @@ async def test_body_at_the_limit_is_accepted(aiohttp_client: Any, redis_url: str
     assert (await post(client, "github", body, headers))[0] == 202
 
 
-async def test_ip_not_allowed_is_403_before_the_signature(aiohttp_client: Any, redis_url: str) -> None:
+async def test_ip_not_allowed_is_403_before_the_signature(
+    aiohttp_client: Any, redis_url: str
+) -> None:
     sources = {"helloasso": {**SOURCES["helloasso"], "allowed_ips": ["51.138.206.200"]}}
     settings = make_settings(redis_url, sources=sources)
     client = await aiohttp_client(create_app(settings))

@@ -1,0 +1,166 @@
+"""What the operator commands do: ``status`` and ``dlq list|show|replay|purge``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from rq import Queue, Worker
+
+from shared.config import Settings
+from shared.db import make_engine
+from shared.enqueue import JobSpec
+from workers import deadletters
+
+console = Console()
+
+
+def _redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+
+
+def gather_status(settings: Settings) -> dict[str, Any]:
+    redis = _redis(settings)
+    queue = Queue(settings.queue, connection=redis)
+    engine = make_engine(settings.database_url)
+    try:
+        workers = Worker.all(queue=queue)
+        return {
+            "queue": settings.queue,
+            "queued": queue.count,
+            "running": queue.started_job_registry.count,
+            "waiting_to_retry": queue.scheduled_job_registry.count,
+            "failed_jobs": queue.failed_job_registry.count,
+            "dead_letters": deadletters.count(engine),
+            "workers_alive": len(workers),
+            "workers": [{"name": w.name, "state": w.get_state()} for w in workers],
+        }
+    finally:
+        engine.dispose()
+        redis.close()
+
+
+def print_status(data: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for label, key in (
+        ("queue", "queue"),
+        ("queued", "queued"),
+        ("running", "running"),
+        ("waiting to retry", "waiting_to_retry"),
+        ("dead letters", "dead_letters"),
+        ("workers alive", "workers_alive"),
+    ):
+        table.add_row(label, str(data[key]))
+    console.print(table)
+
+
+def dlq_list_rows(settings: Settings, source: str | None, limit: int) -> list[dict[str, Any]]:
+    engine = make_engine(settings.database_url)
+    try:
+        return deadletters.list_rows(engine, source=source, limit=limit)
+    finally:
+        engine.dispose()
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no dead letters")
+        return
+    table = Table("id", "source", "event id", "type", "attempts", "died", "replayed", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["source"],
+            r["event_id"],
+            r["event_type"] or "-",
+            str(r["attempts"]),
+            _when(r["failed_at"]),
+            _when(r["replayed_at"]),
+            r["reason"],
+        )
+    console.print(table)
+
+
+def dlq_get(settings: Settings, dead_letter_id: int) -> dict[str, Any] | None:
+    engine = make_engine(settings.database_url)
+    try:
+        row = deadletters.get_row(engine, dead_letter_id)
+    finally:
+        engine.dispose()
+    if row is None:
+        return None
+    body: bytes = row.pop("body")
+    try:
+        row["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        row["body_base64"] = base64.b64encode(body).decode()
+    return row
+
+
+def print_dlq_row(row: dict[str, Any]) -> None:
+    console.print(f"[bold]dead letter {row['id']}[/bold]: {row['source']} / {row['event_id']}")
+    for key in (
+        "event_type",
+        "reason",
+        "permanent",
+        "attempts",
+        "received_at",
+        "failed_at",
+        "replayed_at",
+        "replays",
+        "remote",
+    ):
+        console.print(f"  {key}: {row[key]}")
+    console.print("[bold]headers[/bold]")
+    for name, value in row["headers"]:
+        console.print(f"  {name}: {value}", markup=False)
+    console.print("[bold]attempts[/bold]")
+    for err in row["errors"]:
+        kind = "permanent" if err.get("permanent") else "transient"
+        console.print(f"  #{err['attempt']} {err['at']} ({kind}): {err['error']}", markup=False)
+    console.print("[bold]body[/bold]")
+    console.print(row.get("body", f"(base64) {row.get('body_base64')}"), markup=False)
+
+
+def dlq_replay(settings: Settings, ids: Sequence[int] | None, source: str | None) -> None:
+    engine = make_engine(settings.database_url)
+    redis = _redis(settings)
+    done = 0
+    try:
+        todo = deadletters.replay_ids(engine, ids, source)
+        if ids is not None and len(todo) < len(set(ids)):
+            missing = sorted(set(ids) - set(todo))
+            console.print(f"no dead letter with id {', '.join(map(str, missing))}")
+        spec = JobSpec.from_settings(settings)
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task("replaying", total=len(todo))
+            for _ in deadletters.replay(engine, redis, spec, todo):
+                done += 1
+                progress.advance(task)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: replayed {done} of {len(todo)}; run again to send the rest")
+        raise SystemExit(130) from None
+    finally:
+        engine.dispose()
+        redis.close()
+    console.print(f"replayed {done} dead letter(s)")
+
+
+def dlq_purge(
+    settings: Settings, ids: Sequence[int] | None, older_than: float | None, source: str | None
+) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        return deadletters.purge(engine, ids, older_than_days=older_than, source=source)
+    finally:
+        engine.dispose()

@@ -1,0 +1,327 @@
+"""The workers as users see them: rows, payments, dead letters, queue contents.
+
+Events are queued with the ingress's own claim-and-enqueue script on a real Redis, and run by
+hookline's RQ worker in burst mode, on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from multidict import CIMultiDict
+from rq import Queue
+from sqlalchemy import Engine, select
+
+from shared.config import Settings
+from shared.db import dead_letters, payments, webhook_events
+from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+from shared.envelope import Envelope, redact_headers
+from shared.locators import locate
+from tests.helpers import SOURCES, make_settings, signed
+from workers import deadletters, runtime
+from workers.worker import EventWorker, drain
+
+TEST_SOURCES = {
+    "moncash": SOURCES["moncash"],
+    "nowallet": SOURCES["nowallet"],
+    "helloasso": SOURCES["helloasso"],
+    "github": SOURCES["github"],
+    "flaky": {"scheme": "hmac", "secrets": ["f"], "event_id": "json:id", "event_type": "json:type"},
+    "poison": {
+        "scheme": "hmac",
+        "secrets": ["p"],
+        "event_id": "json:id",
+        "event_type": "json:type",
+    },
+}
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOOKLINE_TEST_STATE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, state: Path) -> Settings:
+    return make_settings(
+        redis_url,
+        database_url,
+        sources=TEST_SOURCES,
+        worker={
+            "handlers": ["tests.handlers_for_tests"],
+            "max_attempts": 3,
+            "backoff_seconds": [0],
+        },
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    rt = runtime.configure(settings)
+    yield rt.engine
+    rt.engine.dispose()
+
+
+def deliver(
+    client: redis.Redis, settings: Settings, source: str, body: bytes | None = None, **kw: Any
+) -> str:
+    """What the ingress does for an authentic delivery; returns the event id."""
+    body, headers, _ = signed(settings, source, body=body, **kw)
+    src = settings.sources[source]
+    event_id = locate(src.event_id, CIMultiDict(headers), body)
+    assert event_id is not None
+    env = Envelope(
+        source=source,
+        event_id=event_id,
+        received_at=time.time(),
+        headers=redact_headers(headers.items(), src.scheme.sensitive()),
+        body=body,
+    )
+    k, a = script_call(env, JobSpec.from_settings(settings))
+    parse_reply(client.eval(CLAIM_AND_ENQUEUE, len(k), *k, *a))
+    return event_id
+
+
+def run_worker(client: redis.Redis, settings: Settings) -> None:
+    queues = [Queue(settings.queue, connection=client)]
+    drain(EventWorker(queues, connection=client), queues)
+
+
+def rows(engine: Engine, table: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(table).order_by(table.c.id))]
+
+
+def body_of(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_events_are_applied_once_with_their_payments(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given payment events from the three built-in providers and one without a handler
+    ids = [deliver(redis_client, settings, "moncash", n=i) for i in range(3)]
+    ids.append(deliver(redis_client, settings, "nowallet", n=1))
+    ids.append(deliver(redis_client, settings, "helloasso", n=1))
+    ids.append(deliver(redis_client, settings, "github", n=1))
+    # When a worker drains the queue
+    run_worker(redis_client, settings)
+    # Then each event has its row and the payment providers' events their payment
+    events = rows(engine, webhook_events)
+    assert sorted(e["event_id"] for e in events) == sorted(ids)
+    statuses = {e["source"]: e["status"] for e in events}
+    assert statuses["github"] == "ignored" and statuses["moncash"] == "processed"
+    pays = rows(engine, payments)
+    assert sorted(p["source"] for p in pays) == [
+        "helloasso",
+        "moncash",
+        "moncash",
+        "moncash",
+        "nowallet",
+    ]
+    assert all(p["status"] == "completed" for p in pays)
+    nowallet = next(p for p in pays if p["source"] == "nowallet")
+    assert (float(nowallet["amount"]), nowallet["currency"]) == (10000.0, "XOF")
+    helloasso = next(p for p in pays if p["source"] == "helloasso")
+    assert float(helloasso["amount"]) == 25.0  # HelloAsso sends cents
+    assert Queue(settings.queue, connection=redis_client).count == 0
+
+
+def test_a_job_run_twice_applies_its_effects_once(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given an event processed once
+    deliver(redis_client, settings, "moncash", n=1)
+    queue = Queue(settings.queue, connection=redis_client)
+    job = queue.jobs[0]
+    run_worker(redis_client, settings)
+    # When the same job runs again (a crash after commit, before RQ recorded success)
+    queue.enqueue_job(job)
+    run_worker(redis_client, settings)
+    # Then there is still one row and one payment, and the second run says "duplicate"
+    assert len(rows(engine, webhook_events)) == 1
+    assert len(rows(engine, payments)) == 1
+    assert job.fetch(job.id, connection=redis_client).return_value() == "duplicate"
+
+
+def test_redelivery_after_the_dedup_window_changes_nothing(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    body = body_of({"id": "evt_1", "event": "payment.completed", "reference": "R1", "amount": 10})
+    deliver(redis_client, settings, "moncash", body=body)
+    run_worker(redis_client, settings)
+    # the claim expired: the ingress queues the redelivery again
+    for key in redis_client.scan_iter("hookline:claim:*"):
+        redis_client.delete(key)
+    deliver(redis_client, settings, "moncash", body=body)
+    run_worker(redis_client, settings)
+    assert len(rows(engine, webhook_events)) == 1
+    assert [(p["reference"], p["status"]) for p in rows(engine, payments)] == [("R1", "completed")]
+
+
+@pytest.mark.parametrize(
+    "order, final",
+    [
+        (["payment.completed", "payment.failed"], "completed"),
+        (["payment.failed", "payment.completed"], "completed"),
+        (["payment.pending", "payment.failed"], "failed"),
+        (["payment.completed", "payment.pending"], "completed"),
+    ],
+)
+def test_payment_status_never_moves_backwards(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, order: list[str], final: str
+) -> None:
+    for i, event in enumerate(order):
+        body = body_of({"id": f"evt_{i}", "event": event, "reference": "ORD-1", "amount": 100})
+        deliver(redis_client, settings, "moncash", body=body)
+        run_worker(redis_client, settings)
+    [payment] = rows(engine, payments)
+    assert payment["status"] == final
+
+
+def test_a_handler_failing_twice_then_succeeding_applies_once(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, state: Path
+) -> None:
+    # Given a handler that fails twice for this event, then succeeds
+    (state / "fail_f-1").write_text("2")
+    deliver(redis_client, settings, "flaky", body=b'{"id": "f-1", "type": "x"}')
+    # When the worker drains (backoff 0: the retries are due at once)
+    run_worker(redis_client, settings)
+    # Then the effect happened once, on the third attempt, and nothing is dead
+    [event] = rows(engine, webhook_events)
+    assert (event["status"], event["attempts"]) == ("processed", 3)
+    assert len(rows(engine, payments)) == 1
+    assert rows(engine, dead_letters) == []
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_with_every_error(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, state: Path
+) -> None:
+    (state / "fail_f-2").write_text("99")
+    deliver(redis_client, settings, "flaky", body=b'{"id": "f-2", "type": "x"}')
+    run_worker(redis_client, settings)
+    assert rows(engine, webhook_events) == []
+    [dl] = rows(engine, dead_letters)
+    assert (dl["source"], dl["event_id"], dl["attempts"], dl["permanent"]) == ("flaky", "f-2", 3, 0)
+    assert [e["attempt"] for e in dl["errors"]] == [1, 2, 3]
+    assert "transient failure" in dl["reason"]
+    assert dl["body"] == b'{"id": "f-2", "type": "x"}'
+    # RQ's own failed registry knows the job too
+    assert Queue(settings.queue, connection=redis_client).failed_job_registry.count == 1
+
+
+def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, state: Path
+) -> None:
+    # Given a poison event
+    (state / "poison").write_text("")
+    deliver(redis_client, settings, "poison", body=b'{"id": "p-1", "type": "x"}')
+    run_worker(redis_client, settings)
+    # Then it is in the dead letters after one attempt, marked permanent
+    [listed] = deadletters.list_rows(engine)
+    assert (listed["event_id"], listed["attempts"], listed["permanent"]) == ("p-1", 1, 1)
+    # When its cause is fixed and two operators replay it at the same moment
+    (state / "poison").unlink()
+    spec = JobSpec.from_settings(settings)
+    barrier = threading.Barrier(2)
+
+    def replay() -> None:
+        barrier.wait()
+        list(deadletters.replay(engine, redis_client, spec, [listed["id"]]))
+
+    threads = [threading.Thread(target=replay) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Queue(settings.queue, connection=redis_client).count == 2
+    run_worker(redis_client, settings)
+    # Then the effect happened once and the dead letter is resolved
+    assert len(rows(engine, webhook_events)) == 1
+    assert len(rows(engine, payments)) == 1
+    assert rows(engine, dead_letters) == []
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (b'{"id": "x", "n": ' + b"9" * 5000 + b"}", "invalid JSON"),
+        (b'{"id": "x", "n": NaN}', "NaN"),
+        (b'{"id": "x", "id": "y"}', "duplicate key"),
+        (b'{"id": "x", "s": "\\ud800"}', "surrogate"),
+        (b'{"id": "x", "s": "a\\u0000b"}', "NUL"),
+        (b'{"id": "x", "s": "\xff\xfe"}', "UTF-8"),
+    ],
+)
+def test_bodies_that_break_parsers_are_dead_lettered_with_a_reason(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, body: bytes, reason: str
+) -> None:
+    # the event id comes from the body's sha256 here, so every body is accepted at the door
+    sources = {"hostile": {"scheme": "hmac", "secrets": ["h"], "event_type": "json:type"}}
+    hostile = make_settings(
+        settings.redis_url,
+        settings.database_url,
+        sources=sources,
+        worker={"max_attempts": 3, "backoff_seconds": [0]},
+    )
+    runtime.configure(hostile)
+    deliver(redis_client, hostile, "hostile", body=body)
+    run_worker(redis_client, hostile)
+    [dl] = rows(engine, dead_letters)
+    assert reason in dl["reason"]
+    assert (dl["attempts"], dl["permanent"]) == (1, 1)
+    assert dl["body"] == body
+
+
+def test_bad_amount_is_a_permanent_error(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    body = body_of(
+        {"id": "evt_bad", "event": "payment.completed", "reference": "R", "amount": "lots"}
+    )
+    deliver(redis_client, settings, "moncash", body=body)
+    run_worker(redis_client, settings)
+    [dl] = rows(engine, dead_letters)
+    assert "amount" in dl["reason"] and dl["attempts"] == 1
+    assert rows(engine, payments) == []
+
+
+def test_concurrent_runs_of_one_event_apply_it_once(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given one event whose job is run by four workers at the same moment (replays racing,
+    # a zombie worker and its successor)
+    from workers.effects import apply_event
+
+    rt = runtime.current()
+    env = Envelope(
+        source="flaky",
+        event_id="race-1",
+        received_at=time.time(),
+        headers=(),
+        body=b'{"id": "race-1", "type": "x"}',
+    )
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        barrier.wait()
+        outcomes.append(apply_event(rt, env, 1))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then exactly one applied it and the others saw it done
+    assert sorted(outcomes) == ["duplicate"] * 3 + ["processed"]
+    assert len(rows(engine, payments)) == 1

@@ -1,0 +1,154 @@
+"""The RQ job function every queued event runs: ``workers.tasks.process_event``.
+
+Attempts are RQ's own: the ingress enqueues each job with ``Retry(max_attempts - 1, backoff)``
+so a transient failure is scheduled again by RQ (and shows in its registries). This function
+adds what RQ lacks: it tells permanent failures from transient ones, keeps every attempt's
+error in the job's meta, and writes the dead letter itself on a permanent failure or on the
+last attempt, so no event leaves the pipeline without a row in ``webhook_events`` or
+``dead_letters``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from shared.envelope import Envelope
+from shared.errors import PermanentError
+from workers import deadletters
+from workers.deadletters import AttemptError
+from workers.effects import apply_event
+from workers.runtime import Runtime, current
+
+log = logging.getLogger("hookline.worker")
+
+ERRORS_META = "hookline_errors"
+
+
+def attempt_of(job: Job | None, max_attempts: int) -> int:
+    """1 for the first run; RQ decrements ``retries_left`` at each retry."""
+    if job is None or job.retries_left is None:
+        return 1
+    return max(1, max_attempts - int(job.retries_left))
+
+
+def is_last_attempt(job: Job | None) -> bool:
+    return job is None or not job.retries_left
+
+
+def past_errors(job: Job | None) -> list[AttemptError]:
+    raw = job.meta.get(ERRORS_META, []) if job is not None else []
+    return [AttemptError(**e) for e in raw if isinstance(e, dict)]
+
+
+def remember_error(job: Job | None, error: AttemptError) -> None:
+    """Keep the attempt's error with the job so the dead letter can show every attempt."""
+    if job is None:
+        return
+    job.meta.setdefault(ERRORS_META, []).append(error.__dict__)
+    try:
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except Exception:
+        log.warning("could not save attempt error for job %s", job.id)
+
+
+def describe(err: BaseException) -> str:
+    last = traceback.format_exception_only(type(err), err)[-1].strip()
+    return last[:1000]
+
+
+def process_event(envelope_data: dict[str, Any]) -> str:
+    """Apply one queued event; returns its outcome."""
+    rt = current()
+    job = get_current_job()
+    envelope = Envelope.from_dict(envelope_data)
+    attempt = attempt_of(job, rt.settings.worker.max_attempts)
+    metrics = rt.metrics
+    started = time.perf_counter()
+    try:
+        outcome = apply_event(rt, envelope, attempt)
+    except PermanentError as err:
+        _dead_letter(rt, job, envelope, attempt, err, permanent=True)
+        return "dead_lettered"
+    except Exception as err:
+        error = AttemptError(attempt, time.time(), describe(err), False)
+        if is_last_attempt(job):
+            _dead_letter(rt, job, envelope, attempt, err, permanent=False)
+        else:
+            remember_error(job, error)
+            metrics.events.labels(envelope.source, "retried").inc()
+            log.warning(
+                "event %s/%s attempt %d failed, will retry: %s",
+                envelope.source,
+                envelope.event_id,
+                attempt,
+                error.error,
+            )
+        raise
+    finally:
+        metrics.handler_seconds.labels(envelope.source).observe(time.perf_counter() - started)
+    metrics.events.labels(envelope.source, outcome).inc()
+    log.info("event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, attempt)
+    return outcome
+
+
+def _dead_letter(
+    rt: Runtime,
+    job: Job | None,
+    envelope: Envelope,
+    attempt: int,
+    err: BaseException,
+    *,
+    permanent: bool,
+) -> None:
+    errors = [*past_errors(job), AttemptError(attempt, time.time(), describe(err), permanent)]
+    event_type = None
+    source = rt.settings.sources.get(envelope.source)
+    if source is not None and source.event_type is not None:
+        from multidict import CIMultiDict
+
+        from shared.locators import locate
+
+        event_type = locate(source.event_type, CIMultiDict(envelope.headers), envelope.body)
+    deadletters.record(
+        rt.engine,
+        envelope,
+        event_type=event_type and event_type[:255],
+        errors=errors,
+        permanent=permanent,
+    )
+    rt.metrics.events.labels(envelope.source, "dead_lettered").inc()
+    log.error(
+        "event %s/%s dead-lettered after %d attempt(s): %s",
+        envelope.source,
+        envelope.event_id,
+        len(errors),
+        errors[-1].error,
+    )
+
+
+def dead_letter_abandoned(job: Job) -> None:
+    """A worker died holding ``job`` (``kill -9``, OOM). Called by the worker's maintenance
+    when RQ's StartedJobRegistry gives up on it: remember the error, and dead-letter the event
+    if that was its last attempt (RQ would otherwise only move it to its FailedJobRegistry)."""
+    rt = current()
+    attempt = attempt_of(job, rt.settings.worker.max_attempts)
+    error = AttemptError(
+        attempt, time.time(), "worker died while running the job (abandoned)", False
+    )
+    try:
+        envelope = Envelope.from_dict(job.args[0])
+    except Exception:
+        return
+    if is_last_attempt(job):
+        errors = [*past_errors(job), error]
+        deadletters.record(rt.engine, envelope, event_type=None, errors=errors, permanent=False)
+        rt.metrics.events.labels(envelope.source, "dead_lettered").inc()
+    else:
+        remember_error(job, error)
+        rt.metrics.events.labels(envelope.source, "retried").inc()
