@@ -31,12 +31,13 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     engine = make_engine(settings.database_url)
     try:
         workers = Worker.all(queue=queue)
+        # raw counts: RQ's registry.count would run a cleanup as a side effect
         return {
             "queue": settings.queue,
-            "queued": queue.count,
-            "running": queue.started_job_registry.count,
-            "waiting_to_retry": queue.scheduled_job_registry.count,
-            "failed_jobs": queue.failed_job_registry.count,
+            "queued": redis.llen(queue.key),
+            "running": redis.zcard(queue.started_job_registry.key),
+            "waiting_to_retry": redis.zcard(queue.scheduled_job_registry.key),
+            "failed_jobs": redis.zcard(queue.failed_job_registry.key),
             "dead_letters": deadletters.count(engine),
             "workers_alive": len(workers),
             "workers": [{"name": w.name, "state": w.get_state()} for w in workers],

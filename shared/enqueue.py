@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from rq.callbacks import Callback
 from rq.job import Job, JobStatus, Retry
 
 from shared import keys
@@ -101,6 +102,7 @@ def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> J
         failure_ttl=keys.FAILURE_TTL_SECONDS,
         description=f"{envelope.source} {envelope.event_id}",
         retry=retry_policy(spec.max_attempts, spec.backoff_seconds),
+        on_failure=Callback(keys.FAILURE_CALLBACK),
     )
     job.origin = spec.queue
     job.enqueued_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -19,6 +19,8 @@ _MAX_RAW_ID = 128
 
 #: the function every queued event runs; a string so the ingress never imports the workers
 JOB_FUNC = "workers.tasks.process_event"
+#: RQ calls it when it gives up on a job whose worker died (whoever runs the cleanup)
+FAILURE_CALLBACK = "workers.tasks.on_job_failure"
 
 #: finished jobs' results are kept one hour: enough for ``rq info`` and debugging; the
 #: durable record is the ``webhook_events`` row.

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import Any
 
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from shared.envelope import Envelope
@@ -58,8 +58,9 @@ def remember_error(job: Job | None, error: AttemptError) -> None:
 
 
 def describe(err: BaseException) -> str:
-    last = traceback.format_exception_only(type(err), err)[-1].strip()
-    return last[:1000]
+    """``ExceptionName: message``, one line, bounded (the traceback stays in RQ's job data)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:1000]
 
 
 def process_event(envelope_data: dict[str, Any]) -> str:
@@ -132,10 +133,17 @@ def _dead_letter(
     )
 
 
+def on_job_failure(job: Job, _connection: Any, exc_type: type[BaseException], *_rest: Any) -> None:
+    """RQ's failure callback. Failures inside the job were handled there already; this acts
+    only when RQ gives up on a job because its worker died."""
+    if isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError):
+        dead_letter_abandoned(job)
+
+
 def dead_letter_abandoned(job: Job) -> None:
-    """A worker died holding ``job`` (``kill -9``, OOM). Called by the worker's maintenance
-    when RQ's StartedJobRegistry gives up on it: remember the error, and dead-letter the event
-    if that was its last attempt (RQ would otherwise only move it to its FailedJobRegistry)."""
+    """A worker died holding ``job`` (``kill -9``, OOM) and RQ's StartedJobRegistry cleanup gave
+    up on it: remember the error, and dead-letter the event if that was its last attempt (RQ
+    alone would only move it to its FailedJobRegistry)."""
     rt = current()
     attempt = attempt_of(job, rt.settings.worker.max_attempts)
     error = AttemptError(

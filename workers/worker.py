@@ -6,11 +6,13 @@ What RQ's defaults get wrong here, and what this changes:
   process (RQ's ``SimpleWorker``), with RQ's own heartbeats, registries, retries and the
   job-timeout death penalty intact. Scale with processes (``--scale worker=N``).
 - A job held by a worker killed with ``kill -9`` waits in RQ's StartedJobRegistry until its
-  heartbeat expires (job timeout + 60 s) *and* a worker runs maintenance, every 10 minutes by
-  default: about 15 minutes in all. Maintenance runs every :data:`MAINTENANCE_SECONDS` here,
-  so abandoned work is retried (or dead-lettered) within job timeout + 60 + 30 s.
-- RQ only moves an abandoned last attempt to its FailedJobRegistry; an exception handler here
-  writes the dead letter too.
+  entry expires (job timeout + 60 s) *and* some worker runs maintenance, which RQ does only
+  between jobs or when an idle worker's dequeue times out (~405 s): up to ~15 minutes. Here the
+  entry expires at job timeout + 30 s and a janitor thread sweeps every
+  :data:`JANITOR_SECONDS`, so abandoned work is retried (or dead-lettered) within job timeout
+  + 45 s: 105 s with the default 60 s timeout.
+- RQ only moves an abandoned last attempt to its FailedJobRegistry; the job's failure callback
+  (set at enqueue, so it runs whichever process does the cleanup) writes the dead letter too.
 - A Redis outage of a few seconds makes RQ's work loop raise; :func:`run` waits for Redis and
   resumes instead of letting the process die. The job's outcome is never lost: its effects are
   committed in the database, and a job whose success could not be recorded in Redis is
@@ -20,6 +22,7 @@ What RQ's defaults get wrong here, and what this changes:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,41 +31,80 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.exceptions import AbandonedJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry, clean_registries
+from rq.timeouts import TimerDeathPenalty
 
-from shared import keys
 from shared.config import Settings
-from workers import runtime, tasks
+from workers import runtime
 
 log = logging.getLogger("hookline.worker")
 
-#: how often a worker looks for abandoned jobs (RQ's default is 600 s)
-MAINTENANCE_SECONDS = 30
+#: how often a worker looks for abandoned jobs (RQ's default is 600 s, and in practice only
+#: when an idle worker's dequeue times out)
+JANITOR_SECONDS = 15
+#: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
+SCHEDULER_GRACE_SECONDS = 10
+#: how long past its timeout a running job's registry entry lives
+HEARTBEAT_MARGIN_SECONDS = 30
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
 
 
-def _abandoned_handler(
-    job: Job, exc_type: type[BaseException], _exc: BaseException, _tb: Any
-) -> bool:
-    """RQ exception handler: acts only on our jobs that RQ gave up on because their worker
-    died (other failures were already handled inside the job)."""
-    if issubclass(exc_type, AbandonedJobError) and job.func_name == keys.JOB_FUNC:
-        try:
-            tasks.dead_letter_abandoned(job)
-        except Exception:
-            log.exception("could not record abandoned job %s", job.id)
-    return True
-
-
 class EventWorker(SimpleWorker):
-    """RQ's in-process worker with hookline's maintenance cadence and abandoned-job handler."""
+    """RQ's in-process worker with a janitor that recovers abandoned jobs promptly."""
 
     def __init__(self, queues: Sequence[Queue], connection: Redis, **kwargs: Any) -> None:
-        kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
-        kwargs.setdefault("exception_handlers", [_abandoned_handler])
+        kwargs.setdefault("maintenance_interval", JANITOR_SECONDS)
         super().__init__(list(queues), connection=connection, **kwargs)
+        self._janitor_stop = threading.Event()
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # in process, a job cannot outlive its timeout (RQ's death penalty stops it), so the
+        # registry entry needs only a small margin past it (RQ adds 60 s)
+        return int(job.timeout or 180)  # 180: RQ's default job timeout + HEARTBEAT_MARGIN_SECONDS
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        janitor = threading.Thread(target=self._janitor, name="hookline-janitor", daemon=True)
+        janitor.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self._janitor_stop.set()
+            janitor.join(timeout=5)
+
+    def _janitor(self) -> None:
+        """RQ cleans its registries only between jobs and when an idle worker's blocking
+        dequeue times out (every ~405 s): too late for a job whose worker was killed. This
+        thread does it every :data:`JANITOR_SECONDS`, one worker at a time (RQ's lock)."""
+        while not self._janitor_stop.wait(JANITOR_SECONDS):
+            try:
+                sweep(self.queues, self)
+            except Exception as err:
+                log.debug("janitor round skipped: %s", type(err).__name__)
+
+
+def sweep(queues: Sequence[Queue], worker: SimpleWorker) -> None:
+    """One maintenance round: abandoned jobs are retried or failed (RQ then calls our failure
+    callback, which dead-letters a last attempt), jobs stuck between dequeue and start are
+    handled, and due retries are moved to their queue."""
+    for queue in queues:
+        if not queue.acquire_maintenance_lock():
+            continue
+        try:
+            # off the main thread RQ's SIGALRM death penalty cannot guard the failure
+            # callback, so this registry uses the timer-based one
+            StartedJobRegistry(
+                name=queue.name, connection=queue.connection, death_penalty_class=TimerDeathPenalty
+            ).cleanup()
+            clean_registries(queue)
+            queue.intermediate_queue.cleanup(worker, queue)
+        finally:
+            queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+    # RQ's scheduler (a child process of one worker) moves due retries every second; if it
+    # died with its worker, its lock keeps others from taking over for a while: move what
+    # is overdue meanwhile
+    enqueue_due_retries(queues, overdue_seconds=SCHEDULER_GRACE_SECONDS)
 
 
 def connect(settings: Settings) -> Redis:
@@ -75,19 +117,20 @@ def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> l
     return [Queue(name, connection=connection) for name in (names or [settings.queue])]
 
 
-def enqueue_due_retries(queues: Sequence[Queue]) -> int:
-    """Move retries whose time has come from the ScheduledJobRegistry to their queue (what
-    RQ's scheduler does every second in a long-running worker)."""
+def enqueue_due_retries(queues: Sequence[Queue], overdue_seconds: float = 0) -> int:
+    """Move retries due ``overdue_seconds`` ago or more from the ScheduledJobRegistry to their
+    queue (what RQ's scheduler does every second in a long-running worker). ``ZREM`` is the
+    claim: of two processes moving the same job, only the one that removed it enqueues it."""
     moved = 0
     for queue in queues:
         registry = queue.scheduled_job_registry
-        for job_id in registry.get_jobs_to_schedule(time.time()):
+        for job_id in registry.get_jobs_to_schedule(int(time.time() - overdue_seconds)):
+            if not queue.connection.zrem(registry.key, job_id):
+                continue
             try:
                 job = Job.fetch(job_id, connection=queue.connection)
-            except Exception:
-                registry.remove(job_id)
+            except Exception:  # noqa: S112 - expired or deleted meanwhile
                 continue
-            registry.remove(job)
             queue._enqueue_job(job)
             moved += 1
     return moved
@@ -96,7 +139,7 @@ def enqueue_due_retries(queues: Sequence[Queue]) -> int:
 def drain(worker: EventWorker, queues: Sequence[Queue]) -> None:
     """``--burst``: run until the queues are empty and no retry is due. Retries scheduled for
     later stay scheduled (a long-running worker will take them)."""
-    worker.clean_registries()  # type: ignore[no-untyped-call]
+    sweep(queues, worker)
     while True:
         enqueue_due_retries(queues)
         if not any(q.count for q in queues):

@@ -1,0 +1,190 @@
+"""The command line as operators use it: exit codes, one-line errors, dead-letter tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from rq import Queue
+from sqlalchemy import select
+
+from hookline.cli import main
+from shared.config import load_settings
+from shared.db import dead_letters, make_engine, payments, webhook_events
+from tests.helpers import SOURCES
+from tests.test_worker import deliver, run_worker
+from workers import runtime
+
+
+def write_config(path: Path, redis_url: str, database_url: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+redis_url = "{redis_url}"
+database_url = "{database_url}"
+
+[worker]
+handlers = ["tests.handlers_for_tests"]
+max_attempts = 2
+backoff_seconds = [0]
+
+[sources.poison]
+scheme = "hmac"
+secrets = ["p"]
+event_id = "json:id"
+event_type = "json:type"
+
+[sources.moncash]
+scheme = "moncash"
+secrets = ["{SOURCES["moncash"]["secrets"][0]}"]
+{extra}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    database_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    config = write_config(tmp_path / "hookline.toml", redis_url, database_url)
+    monkeypatch.setenv("HOOKLINE_TEST_STATE", str(tmp_path))
+    return {"config": str(config), "database_url": database_url, "state": tmp_path}
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_db_upgrade_creates_the_schema_and_is_idempotent(cli_env: dict[str, Any]) -> None:
+    for _ in range(2):
+        result = invoke("db", "upgrade", "--config", cli_env["config"])
+        assert result.exit_code == 0, result.output
+    engine = make_engine(cli_env["database_url"])
+    with engine.connect() as conn:
+        assert conn.execute(select(webhook_events)).all() == []
+    engine.dispose()
+
+
+def test_dead_letter_tools_end_to_end(cli_env: dict[str, Any], redis_client: redis.Redis) -> None:
+    config = cli_env["config"]
+    assert invoke("db", "upgrade", "--config", config).exit_code == 0
+    settings = runtime.configure(load_settings(config)).settings
+    # Given two poison events dead-lettered by the worker
+    (cli_env["state"] / "poison").write_text("")
+    deliver(redis_client, settings, "poison", body=b'{"id": "p-1", "type": "t"}')
+    deliver(redis_client, settings, "poison", body=b'{"id": "p-2", "type": "t"}')
+    run_worker(redis_client, settings)
+
+    # dlq list --json: newest first
+    listed = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    assert [r["event_id"] for r in listed] == ["p-2", "p-1"]
+    assert (
+        invoke("dlq", "list", "--config", config, "--source", "moncash", "--json").output.strip()
+        == "[]"
+    )
+    human = invoke("dlq", "list", "--config", config).output
+    assert "p-1" in human and "poison" in human
+
+    # dlq show: headers (signature redacted), body, every attempt's error
+    dl_id = listed[1]["id"]
+    shown = json.loads(invoke("dlq", "show", str(dl_id), "--config", config, "--json").output)
+    assert shown["body"] == '{"id": "p-1", "type": "t"}'
+    assert shown["errors"][0]["error"].startswith("PayloadError")
+    assert ["X-Signature", "[redacted]"] in shown["headers"]
+    missing = invoke("dlq", "show", "999", "--config", config)
+    assert missing.exit_code == 1
+
+    # status
+    status = json.loads(invoke("status", "--config", config, "--json").output)
+    assert status["dead_letters"] == 2 and status["queued"] == 0
+
+    # replay one after fixing the cause: it is applied once and leaves the dead letters
+    (cli_env["state"] / "poison").unlink()
+    assert invoke("dlq", "replay", str(dl_id), "--config", config).exit_code == 0
+    assert Queue(settings.queue, connection=redis_client).count == 1
+    run_worker(redis_client, settings)
+    engine = make_engine(cli_env["database_url"])
+    with engine.connect() as conn:
+        assert conn.execute(select(payments.c.event_id)).scalars().all() == ["p-1"]
+        remaining = conn.execute(select(dead_letters.c.event_id)).scalars().all()
+    assert remaining == ["p-2"]
+
+    # replay --all skips what is already waiting for its replay
+    assert invoke("dlq", "replay", "--all", "--config", config).exit_code == 0
+    assert invoke("dlq", "replay", "--all", "--config", config).exit_code == 0
+    assert Queue(settings.queue, connection=redis_client).count == 1
+
+    # purge
+    result = invoke("dlq", "purge", "--all", "--config", config)
+    assert result.exit_code == 0 and "purged 1" in result.output
+    assert json.loads(invoke("dlq", "list", "--config", config, "--json").output) == []
+    engine.dispose()
+
+
+def test_purge_older_than_keeps_recent(cli_env: dict[str, Any], redis_client: redis.Redis) -> None:
+    config = cli_env["config"]
+    invoke("db", "upgrade", "--config", config)
+    from shared.config import load_settings
+
+    settings = runtime.configure(load_settings(config)).settings
+    (cli_env["state"] / "poison").write_text("")
+    deliver(redis_client, settings, "poison", body=b'{"id": "p-9", "type": "t"}')
+    run_worker(redis_client, settings)
+    assert "purged 0" in invoke("dlq", "purge", "--older-than", "1", "--config", config).output
+    assert "purged 1" in invoke("dlq", "purge", "--older-than", "0", "--config", config).output
+
+
+@pytest.mark.parametrize(
+    "extra, cause",
+    [
+        ("typo_key = 1", "unknown key 'typo_key'"),
+        ('[sources.x]\nscheme = "md5sum"\nsecrets = ["s"]', "unknown scheme 'md5sum'"),
+        ('[sources.x]\nscheme = "stripe"', "needs a secret"),
+        (
+            '[sources.x]\nscheme = "stripe"\nsecrets = ["${NOT_SET_ANYWHERE}"]',
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        ('[sources.x]\nscheme = "stripe"\nsecrets = ["s"]\nsecret = "t"', "unknown key 'secret'"),
+        ("[ingest]\nmax_body_byte = 5", "unknown key 'max_body_byte'"),
+        ('[sources.x]\nscheme = "ip-allowlist"', "needs allowed_ips"),
+    ],
+)
+def test_configuration_mistakes_exit_2_with_one_line_naming_them(
+    tmp_path: Path, redis_url: str, extra: str, cause: str
+) -> None:
+    config = write_config(tmp_path / "bad.toml", redis_url, "sqlite://", extra=extra)
+    result = CliRunner().invoke(main, ["status", "--config", str(config)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and cause in lines[0], result.output
+
+
+def test_missing_config_and_usage_errors_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2 and "no configuration" in result.output
+    result = CliRunner().invoke(main, ["dlq", "replay", "--config", "nope.toml"])
+    assert result.exit_code == 2
+
+
+def test_environment_overrides_and_secret_references(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.config import load_settings
+
+    path = tmp_path / "hookline.toml"
+    path.write_text(
+        'redis_url = "redis://file:1/0"\n'
+        '[sources.s]\nscheme = "github"\nsecrets = ["${GH_SECRET}"]\n'
+    )
+    monkeypatch.setenv("GH_SECRET", "from-env")
+    monkeypatch.setenv("HOOKLINE_REDIS_URL", "redis://env:2/0")
+    monkeypatch.setenv("HOOKLINE_CONFIG", str(path))
+    settings = load_settings()
+    assert settings.redis_url == "redis://env:2/0"
+    assert settings.sources["s"].scheme.config.secrets == ("from-env",)
