@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -35,6 +37,9 @@ _current: Runtime | None = None
 def configure(settings: Settings, engine: Engine | None = None) -> Runtime:
     """Load handler modules and open the engine; replaces any earlier runtime."""
     global _current
+    # handler modules usually live beside the configuration, as `python -m` would find them
+    if settings.worker.handlers and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in settings.worker.handlers:
         try:
             importlib.import_module(module)
