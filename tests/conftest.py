@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,37 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("HOOKLINE_TESTING", "1")
+
+
+class _LogCollector(logging.Handler):
+    """Every log line the suite produces, to check that none carries a secret."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
+            self.lines.append(str(record.msg))
+
+
+_COLLECTOR = _LogCollector()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(_COLLECTOR)
+    for name in ("hookline", "aiohttp", "rq", "workers", "shared", "ingest"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any log line of the whole suite holds a configured secret."""
+    from tests.helpers import SECRET_VALUES
+
+    leaks = [(s, line) for line in _COLLECTOR.lines for s in SECRET_VALUES if s in line]
+    if leaks:
+        secret, line = leaks[0]
+        print(f"\nLOG LEAK: a log line holds secret {secret[:4]}...: {line[:200]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -343,3 +344,90 @@ async def test_logs_never_hold_secrets_or_signatures(
     text = caplog.text
     for value in SECRET_VALUES + [s for s in sent_signatures if len(s) > 8]:
         assert value not in text
+
+
+def _hostile_variants(settings: Settings, source: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """The same hostile inputs for every scheme: (case, body, headers)."""
+    now = time.time()
+    body, headers, _ = signed(settings, source)
+    sensitive = [k for k in headers if k.lower() in settings.sources[source].scheme.sensitive()]
+    out: list[tuple[str, bytes, dict[str, str]]] = [
+        ("body changed after signing", body + b" ", headers),
+        ("empty body, old signature", b"", headers),
+        ("non-UTF-8 body, old signature", b"\xff\xfe\x00garbage", headers),
+        ("stale", *signed(settings, source, now=now - 3600)[:2]),
+        ("future", *signed(settings, source, now=now + 3600)[:2]),
+    ]
+    for name in sensitive:
+        value = headers[name]
+        out += [
+            (f"{name} missing", body, {k: v for k, v in headers.items() if k != name}),
+            (f"{name} truncated", body, {**headers, name: value[: len(value) // 2]}),
+            (
+                f"{name} forged",
+                body,
+                {**headers, name: value[:-2] + ("00" if value[-2:] != "00" else "11")},
+            ),
+            (f"{name} not hex/base64", body, {**headers, name: "zz!!" * 16}),
+            (f"{name} upper-cased", body, {**headers, name: value.upper()}),
+            (f"{name} empty", body, {**headers, name: ""}),
+            (f"{name} 8 KB", body, {**headers, name: "a" * 8000}),
+        ]
+    return out
+
+
+@pytest.mark.parametrize("source", ALL)
+async def test_hostile_inputs_are_4xx_never_5xx(
+    client: TestClient, settings: Settings, redis_client: redis.Redis, source: str
+) -> None:
+    for case, body, headers in _hostile_variants(settings, source):
+        resp = await client.post(f"/webhooks/{source}", data=body, headers=headers)
+        text = await resp.text()
+        # authentic-but-odd inputs may still be accepted (the ip-allowlist scheme has no
+        # signature; upper-case hex is valid hex); everything else must be a clear 4xx
+        assert resp.status < 500, (case, resp.status, text)
+        if resp.status >= 400:
+            assert "error" in json.loads(text), (case, text)
+
+
+async def test_repeated_signature_header_is_401(client: TestClient, settings: Settings) -> None:
+    from multidict import CIMultiDict
+
+    body, headers, _ = signed(settings, "github")
+    doubled = CIMultiDict(headers)
+    doubled.add("X-Hub-Signature-256", headers["X-Hub-Signature-256"])
+    resp = await client.post("/webhooks/github", data=body, headers=doubled)
+    assert (resp.status, await resp.json()) == (401, {"error": "invalid_signature"})
+
+
+async def test_oversized_body_for_every_scheme_is_413(aiohttp_client: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 2048})
+    client = await aiohttp_client(create_app(settings))
+    for source in ALL:
+        body, headers, _ = signed(settings, source)
+        big = body + b" " * 4096
+        status, answer = await post(client, source, big, headers)
+        assert (status, answer) == (413, {"error": "body_too_large"}), source
+
+
+async def test_idle_connections_do_not_stop_others(live_port: int, redis_url: str) -> None:
+    settings = make_settings(redis_url)
+    body, headers, _ = signed(settings, "stripe")
+    loop = asyncio.get_running_loop()
+
+    def scenario() -> int:
+        # Given 1,000 connections that connect and then say nothing
+        idle = [socket.create_connection(("127.0.0.1", live_port), timeout=10) for _ in range(1000)]
+        try:
+            # When an authentic event arrives, Then it is answered as usual
+            req = urllib.request.Request(  # noqa: S310
+                f"http://127.0.0.1:{live_port}/webhooks/stripe", data=body, headers=headers
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                return int(resp.status)
+        finally:
+            for s in idle:
+                s.close()
+
+    # the server runs on this loop: the clients run in a thread beside it
+    assert await loop.run_in_executor(None, scenario) == 202
