@@ -420,7 +420,7 @@ async def test_idle_connections_do_not_stop_others(live_port: int, redis_url: st
         idle = [socket.create_connection(("127.0.0.1", live_port), timeout=10) for _ in range(1000)]
         try:
             # When an authentic event arrives, Then it is answered as usual
-            req = urllib.request.Request(  # noqa: S310
+            req = urllib.request.Request(
                 f"http://127.0.0.1:{live_port}/webhooks/stripe", data=body, headers=headers
             )
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
