@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from ingest.addresses import allowed, client_address
@@ -34,6 +35,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 METRICS = web.AppKey("metrics", IngestMetrics)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
+SCRIPT = web.AppKey("claim_and_enqueue", AsyncScript)
 
 #: aiohttp server options. Lingering (reading and discarding the rest of a body after the
 #: answer) is cut to half a second: a body over the limit or a trickling client is answered
@@ -75,6 +77,8 @@ def _redis_ctx(
             health_check_interval=30,
         )
         app[REDIS] = client
+        # EVALSHA: the script's text is sent once per connection, not with every event
+        app[SCRIPT] = client.register_script(CLAIM_AND_ENQUEUE)
         yield
         if given is None:
             await client.aclose()
@@ -155,7 +159,7 @@ async def _claim_and_enqueue(app: web.Application, envelope: Envelope) -> web.Re
     started = time.perf_counter()
     try:
         async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds):
-            reply = await app[REDIS].eval(CLAIM_AND_ENQUEUE, len(keys_), *keys_, *args)
+            reply = await app[SCRIPT](keys=keys_, args=args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
         metrics.rejected.labels(envelope.source, "unavailable").inc()
