@@ -143,13 +143,22 @@ def dlq() -> None:
 @config_option
 @click.option("--source", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only dead letters that died more than DAYS ago.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @config_errors_exit_2
-def dlq_list(config_path: str | None, source: str | None, limit: int, as_json: bool) -> None:
+def dlq_list(
+    config_path: str | None, source: str | None, limit: int, older_than: float | None, as_json: bool
+) -> None:
     """Dead letters, newest first."""
     from hookline.ops import dlq_list_rows, print_dlq_list
 
-    rows = dlq_list_rows(_settings(config_path), source, limit)
+    rows = dlq_list_rows(_settings(config_path), source, limit, older_than)
     if as_json:
         _echo_json(rows)
     else:

@@ -61,10 +61,12 @@ def print_status(data: dict[str, Any]) -> None:
     console.print(table)
 
 
-def dlq_list_rows(settings: Settings, source: str | None, limit: int) -> list[dict[str, Any]]:
+def dlq_list_rows(
+    settings: Settings, source: str | None, limit: int, older_than: float | None = None
+) -> list[dict[str, Any]]:
     engine = make_engine(settings.database_url)
     try:
-        return deadletters.list_rows(engine, source=source, limit=limit)
+        return deadletters.list_rows(engine, source=source, limit=limit, older_than_days=older_than)
     finally:
         engine.dispose()
 

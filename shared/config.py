@@ -15,10 +15,11 @@ from typing import Any
 
 from shared.errors import ConfigError
 from shared.locators import Locator, parse_locator
-from shared.signatures import Scheme, SchemeConfig, build_scheme
+from shared.signatures import SCHEMES, Scheme, SchemeConfig, build_scheme
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_CONFIG_FILE = "hookline.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -253,9 +254,12 @@ def _worker(data: Mapping[str, Any]) -> WorkerSettings:
 
 
 def _source(name: str, data: Any) -> SourceSettings:
-    from shared.signatures import SCHEMES
-
     w = f"sources.{name}"
+    if not _SOURCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"[{w}]: a source name is 1-64 letters, digits, '.', '_' or '-' (it is a URL path"
+            " segment and part of Redis keys)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"[{w}] must be a table")
     if "scheme" not in data:

@@ -133,6 +133,18 @@ def test_purge_older_than_keeps_recent(cli_env: dict[str, Any], redis_client: re
     (cli_env["state"] / "poison").write_text("")
     deliver(redis_client, settings, "poison", body=b'{"id": "p-9", "type": "t"}')
     run_worker(redis_client, settings)
+    assert (
+        invoke("dlq", "list", "--older-than", "1", "--config", config, "--json").output.strip()
+        == "[]"
+    )
+    assert (
+        len(
+            json.loads(
+                invoke("dlq", "list", "--older-than", "0", "--config", config, "--json").output
+            )
+        )
+        == 1
+    )
     assert "purged 0" in invoke("dlq", "purge", "--older-than", "1", "--config", config).output
     assert "purged 1" in invoke("dlq", "purge", "--older-than", "0", "--config", config).output
 
@@ -149,6 +161,7 @@ def test_purge_older_than_keeps_recent(cli_env: dict[str, Any], redis_client: re
         ),
         ('[sources.x]\nscheme = "stripe"\nsecrets = ["s"]\nsecret = "t"', "unknown key 'secret'"),
         ("[ingest]\nmax_body_byte = 5", "unknown key 'max_body_byte'"),
+        ('[sources."a/b"]\nscheme = "stripe"\nsecrets = ["s"]', "a source name is"),
         ('[sources.x]\nscheme = "ip-allowlist"', "needs allowed_ips"),
     ],
 )
