@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
@@ -87,6 +87,12 @@ class Scheme(ABC):
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.config.options.get(key, default)
+
+    def require_match(self, digest: Callable[[str], bytes], received: list[bytes]) -> None:
+        """Raise unless some received signature is ``digest(secret)`` for some configured
+        secret (rotation), compared in constant time over every pair."""
+        if not any_matches([digest(secret) for secret in self.config.secrets], received):
+            raise InvalidSignature("signature does not match")
 
     def check_timestamp(self, raw: str, now: float) -> int:
         """Parse unix seconds strictly (ASCII digits only) and check them in both directions."""

@@ -14,7 +14,6 @@ from shared.signatures.base import (
     Headers,
     Scheme,
     SchemeConfig,
-    any_matches,
     decode_b64,
     decode_hex,
     hmac_digest,
@@ -45,9 +44,7 @@ class BodyHmacScheme(Scheme):
             raise InvalidSignature(f"signature lacks the prefix {self.prefix!r}")
         encoded = value[len(self.prefix) :]
         received = decode_hex(encoded) if self.encoding == "hex" else decode_b64(encoded)
-        expected = [self._digest(secret, body) for secret in self.config.secrets]
-        if not any_matches(expected, [received]):
-            raise InvalidSignature("signature does not match")
+        self.require_match(lambda secret: self._digest(secret, body), [received])
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         digest = self._digest(self.config.secrets[0], body)

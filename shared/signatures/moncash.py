@@ -6,11 +6,9 @@ request could be replayed forever.
 
 from __future__ import annotations
 
-from shared.errors import InvalidSignature
 from shared.signatures.base import (
     Headers,
     Scheme,
-    any_matches,
     decode_hex,
     hmac_digest,
     secret_bytes,
@@ -33,9 +31,7 @@ class MoncashScheme(Scheme):
         stamp = single_header(headers, TIMESTAMP)
         received = decode_hex(single_header(headers, SIGNATURE))
         self.check_timestamp(stamp, now)
-        expected = [_digest(secret, stamp, body) for secret in self.config.secrets]
-        if not any_matches(expected, [received]):
-            raise InvalidSignature("signature does not match")
+        self.require_match(lambda secret: _digest(secret, stamp, body), [received])
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         stamp = str(int(now))

@@ -13,7 +13,6 @@ from shared.signatures.base import (
     Headers,
     Scheme,
     SchemeConfig,
-    any_matches,
     decode_hex,
     header_bytes,
     hmac_digest,
@@ -43,9 +42,7 @@ class NowalletScheme(Scheme):
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         key, received = _parse(single_header(headers, HEADER))
         payload = self._payload(header_bytes(key), body)
-        expected = [hmac_digest(secret_bytes(s), payload) for s in self.config.secrets]
-        if not any_matches(expected, received):
-            raise InvalidSignature("no signature matches")
+        self.require_match(lambda s: hmac_digest(secret_bytes(s), payload), received)
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         key = str(uuid.uuid4())  # K is a per-delivery nonce, unrelated to the event id

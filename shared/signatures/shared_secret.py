@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 
-from shared.errors import InvalidSignature
 from shared.signatures.base import (
     Headers,
     Scheme,
     SchemeConfig,
-    any_matches,
     header_bytes,
     option_str,
     secret_bytes,
@@ -38,9 +36,9 @@ class SharedSecretScheme(Scheme):
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         received = header_bytes(single_header(headers, self.header))
         # compare fixed-length digests so the timing does not even reveal the secret's length
-        expected = [hashlib.sha256(secret_bytes(s)).digest() for s in self.config.secrets]
-        if not any_matches(expected, [hashlib.sha256(received).digest()]):
-            raise InvalidSignature("secret does not match")
+        self.require_match(
+            lambda s: hashlib.sha256(secret_bytes(s)).digest(), [hashlib.sha256(received).digest()]
+        )
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         return {self.header: self.config.secrets[0]}

@@ -6,7 +6,6 @@ from shared.errors import InvalidSignature
 from shared.signatures.base import (
     Headers,
     Scheme,
-    any_matches,
     decode_hex,
     hmac_digest,
     secret_bytes,
@@ -32,9 +31,7 @@ class SlackScheme(Scheme):
             raise InvalidSignature("signature is not v0=<hex>")
         received = decode_hex(encoded)
         self.check_timestamp(stamp, now)
-        expected = [_digest(secret, stamp, body) for secret in self.config.secrets]
-        if not any_matches(expected, [received]):
-            raise InvalidSignature("signature does not match")
+        self.require_match(lambda secret: _digest(secret, stamp, body), [received])
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         stamp = str(int(now))

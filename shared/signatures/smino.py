@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import InvalidSignature, StaleTimestamp
-from shared.signatures.base import Headers, Scheme, any_matches, decode_hex, single_header
+from shared.signatures.base import Headers, Scheme, decode_hex, single_header
 
 HEADER = "x-hook-signature"
 # .NET Guid formats N, D, B and P: same dash choice throughout, brackets in matching pairs
@@ -47,9 +47,7 @@ class SminoScheme(Scheme):
         event_id, stamp = _fields(body)
         if abs(now - _seconds(stamp)) > self.config.tolerance_seconds:
             raise StaleTimestamp("TimeStamp outside tolerance")
-        expected = [_digest(event_id, stamp, secret) for secret in self.config.secrets]
-        if not any_matches(expected, [received]):
-            raise InvalidSignature("signature does not match")
+        self.require_match(lambda secret: _digest(event_id, stamp, secret), [received])
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         try:

@@ -10,7 +10,6 @@ from shared.errors import InvalidSignature
 from shared.signatures.base import (
     Headers,
     Scheme,
-    any_matches,
     decode_hex,
     hmac_digest,
     secret_bytes,
@@ -33,9 +32,7 @@ class StripeScheme(Scheme):
     def verify(self, headers: Headers, body: bytes, now: float) -> None:
         stamp, received = _parse(single_header(headers, HEADER))
         self.check_timestamp(stamp, now)
-        expected = [_digest(secret, stamp, body) for secret in self.config.secrets]
-        if not any_matches(expected, received):
-            raise InvalidSignature("no signature matches")
+        self.require_match(lambda secret: _digest(secret, stamp, body), received)
 
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         stamp = str(int(now))
