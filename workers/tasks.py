@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from rq import get_current_job
@@ -22,7 +23,7 @@ from shared.envelope import Envelope
 from shared.errors import PermanentError
 from workers import deadletters
 from workers.deadletters import AttemptError
-from workers.effects import apply_event
+from workers.effects import apply_event, apply_events
 from workers.runtime import Runtime, current
 
 log = logging.getLogger("hookline.worker")
@@ -52,7 +53,7 @@ def remember_error(job: Job | None, error: AttemptError) -> None:
         return
     job.meta.setdefault(ERRORS_META, []).append(error.__dict__)
     try:
-        job.save_meta()  # type: ignore[no-untyped-call]
+        job.save_meta()
     except Exception:
         log.warning("could not save attempt error for job %s", job.id)
 
@@ -64,9 +65,38 @@ def describe(err: BaseException) -> str:
 
 
 def process_event(envelope_data: dict[str, Any]) -> str:
-    """Apply one queued event; returns its outcome."""
+    """Apply one queued event; returns its outcome (RQ's entry point)."""
+    return process(envelope_data, get_current_job())
+
+
+def process_batch(jobs: Sequence[Job]) -> list[str] | None:
+    """Apply the events of ``jobs`` in one transaction; ``None`` if any of them failed (then
+    nothing was applied, and each must go through :func:`process` on its own)."""
     rt = current()
-    job = get_current_job()
+    items = [
+        (Envelope.from_dict(job.args[0]), attempt_of(job, rt.settings.worker.max_attempts))
+        for job in jobs
+    ]
+    started = time.perf_counter()
+    try:
+        outcomes = apply_events(rt, items)
+    except Exception as err:
+        log.debug("batch of %d fell back to one by one: %s", len(items), describe(err))
+        return None
+    share = (time.perf_counter() - started) / len(items)
+    for (envelope, attempt), outcome in zip(items, outcomes, strict=True):
+        rt.metrics.handler_seconds.labels(envelope.source).observe(share)
+        rt.metrics.events.labels(envelope.source, outcome).inc()
+        log.info(
+            "event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, attempt
+        )
+    return list(outcomes)
+
+
+def process(envelope_data: dict[str, Any], job: Job | None) -> str:
+    """Apply one event for ``job``: permanent failures and last attempts are dead-lettered
+    here; other failures are remembered and re-raised for RQ to retry."""
+    rt = current()
     envelope = Envelope.from_dict(envelope_data)
     attempt = attempt_of(job, rt.settings.worker.max_attempts)
     metrics = rt.metrics

@@ -31,12 +31,15 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.timeouts import TimerDeathPenalty
+from rq.worker.base import WorkerStatus
 
 from shared.config import Settings
 from workers import runtime
+from workers.batch import HEARTBEAT_MARGIN_SECONDS, BatchRunner
 
 log = logging.getLogger("hookline.worker")
 
@@ -45,33 +48,71 @@ log = logging.getLogger("hookline.worker")
 JANITOR_SECONDS = 15
 #: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
 SCHEDULER_GRACE_SECONDS = 10
-#: how long past its timeout a running job's registry entry lives
-HEARTBEAT_MARGIN_SECONDS = 30
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
 
 
 class EventWorker(SimpleWorker):
-    """RQ's in-process worker with a janitor that recovers abandoned jobs promptly."""
+    """RQ's in-process worker with a batch loop (:mod:`workers.batch`) and a janitor that
+    recovers abandoned jobs promptly."""
 
-    def __init__(self, queues: Sequence[Queue], connection: Redis, **kwargs: Any) -> None:
+    def __init__(
+        self, queues: Sequence[Queue], connection: Redis, job_timeout: int = 180, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("maintenance_interval", JANITOR_SECONDS)
         super().__init__(list(queues), connection=connection, **kwargs)
+        #: the configured job timeout (180 s is RQ's default)
+        self.job_timeout = job_timeout
         self._janitor_stop = threading.Event()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # in process, a job cannot outlive its timeout (RQ's death penalty stops it), so the
         # registry entry needs only a small margin past it (RQ adds 60 s)
-        return int(job.timeout or 180)  # 180: RQ's default job timeout + HEARTBEAT_MARGIN_SECONDS
+        return int(job.timeout or self.job_timeout) + HEARTBEAT_MARGIN_SECONDS
 
-    def work(self, *args: Any, **kwargs: Any) -> bool:
+    def work(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str = "INFO",
+        with_scheduler: bool = False,
+        **_: Any,
+    ) -> bool:
+        """RQ's worker set-up (registration, scheduler, signals, teardown) around the batch
+        loop instead of RQ's one-job-at-a-time loop."""
+        self.bootstrap(logging_level)
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level)
+        self._install_signal_handlers()
         janitor = threading.Thread(target=self._janitor, name="hookline-janitor", daemon=True)
         janitor.start()
+        runners = [BatchRunner(self, q) for q in self.queues]
+        worked = 0
         try:
-            return bool(super().work(*args, **kwargs))
+            while not self._stop_requested:
+                self.check_for_suspension(burst)
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                self.set_state(WorkerStatus.BUSY)
+                taken = sum(runner.run_batch() for runner in runners)
+                worked += taken
+                if taken:
+                    continue
+                if burst:
+                    break
+                self.set_state(WorkerStatus.IDLE)
+                for runner in runners:
+                    moved = runner.wait_for_work()
+                    if moved:
+                        self.set_state(WorkerStatus.BUSY)
+                        worked += runner.run_batch(moved)
+                        break
+        except StopRequested:
+            pass
         finally:
             self._janitor_stop.set()
             janitor.join(timeout=5)
+            self.teardown()
+        return bool(worked)
 
     def _janitor(self) -> None:
         """RQ cleans its registries only between jobs and when an idle worker's blocking
@@ -100,7 +141,7 @@ def sweep(queues: Sequence[Queue], worker: SimpleWorker) -> None:
             clean_registries(queue)
             queue.intermediate_queue.cleanup(worker, queue)
         finally:
-            queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+            queue.release_maintenance_lock()
     # RQ's scheduler (a child process of one worker) moves due retries every second; if it
     # died with its worker, its lock keeps others from taking over for a while: move what
     # is overdue meanwhile
@@ -158,7 +199,8 @@ def run(
     runtime.configure(settings)
     connection = connect(settings)
     queues = queues_for(settings, queue_names, connection)
-    worker = EventWorker(queues, connection=connection)
+    timeout = settings.worker.job_timeout_seconds
+    worker = EventWorker(queues, connection=connection, job_timeout=timeout)
     if burst:
         drain(worker, queues)
         return
@@ -170,7 +212,7 @@ def run(
             # RQ's loop gave up on Redis; wait for it and resume with a fresh registration
             log.warning("redis unavailable (%s); reconnecting", type(err).__name__)
             _wait_for_redis(connection)
-            worker = EventWorker(queues, connection=connection)
+            worker = EventWorker(queues, connection=connection, job_timeout=timeout)
 
 
 def _wait_for_redis(connection: Redis) -> None:
