@@ -208,6 +208,7 @@ def run(settings: Settings, host: str, port: int, **kwargs: Any) -> None:
         create_app(settings),
         host=host,
         port=port,
+        access_log=web.access_logger if settings.ingest.access_log else None,
         access_log_format='%a "%r" %s %b %Tf',
         loop=loop_factory() if loop_factory else None,
         **{**SERVER_OPTIONS, **kwargs},

@@ -47,6 +47,8 @@ class IngestSettings:
     read_timeout_seconds: float = 8.0
     #: Redis slower than this is treated as down: the answer is 503 well within 5 s
     redis_timeout_seconds: float = 1.0
+    #: one line per request (method, path, status, size, time; never headers)
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def _ingest(data: Mapping[str, Any]) -> IngestSettings:
             float(_get(data, "redis_timeout_seconds", (int, float), 1.0, w)),  # type: ignore[arg-type]
             "ingest.redis_timeout_seconds",
         ),
+        access_log=_get(data, "access_log", bool, d.access_log, w),
     )
 
 

@@ -14,15 +14,21 @@ workers and RQ's registries understand it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import random
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from redis import Redis
 from rq.callbacks import Callback
 from rq.job import Job, JobStatus, Retry
+from rq.serializers import DefaultSerializer
+from rq.utils import utcformat
 
 from shared import keys
 from shared.config import Settings
@@ -76,22 +82,26 @@ class JobSpec:
         )
 
 
-def retry_policy(
-    max_attempts: int, backoff: Sequence[int], rng: random.Random | None = None
-) -> Retry | None:
-    """RQ's ``Retry`` for ``max_attempts`` runs: one interval per retry, the configured backoff
-    (its last value repeated) with +-20 % jitter so a burst of failures does not come back as a
-    burst."""
+#: one generator for the jitter; a new ``random.Random()`` per event would seed from urandom
+_JITTER = random.Random()
+
+
+def retry_intervals(max_attempts: int, backoff: Sequence[int]) -> list[int]:
+    """One interval per retry: the configured backoff (its last value repeated) with +-20 %
+    jitter, so a burst of failures does not come back as a burst."""
+    base = [backoff[min(i, len(backoff) - 1)] for i in range(max_attempts - 1)]
+    return [max(0, round(b * _JITTER.uniform(0.8, 1.2))) for b in base]
+
+
+def retry_policy(max_attempts: int, backoff: Sequence[int]) -> Retry | None:
+    """RQ's ``Retry`` for ``max_attempts`` runs in all."""
     if max_attempts <= 1:
         return None
-    rng = rng or random.Random()
-    retries = max_attempts - 1
-    base = [backoff[min(i, len(backoff) - 1)] for i in range(retries)]
-    return Retry(max=retries, interval=[max(0, round(b * rng.uniform(0.8, 1.2))) for b in base])
+    return Retry(max=max_attempts - 1, interval=retry_intervals(max_attempts, backoff))
 
 
 def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> Job:
-    """The RQ job for ``envelope``, queued state, not yet written anywhere."""
+    """The RQ job for ``envelope``, queued state, not yet written anywhere (RQ's own code)."""
     job = Job.create(
         keys.JOB_FUNC,
         args=(envelope.to_dict(),),
@@ -100,24 +110,59 @@ def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> J
         timeout=spec.timeout_seconds,
         result_ttl=keys.RESULT_TTL_SECONDS,
         failure_ttl=keys.FAILURE_TTL_SECONDS,
-        description=f"{envelope.source} {envelope.event_id}",
+        description=_description(envelope),
         retry=retry_policy(spec.max_attempts, spec.backoff_seconds),
         on_failure=Callback(keys.FAILURE_CALLBACK),
     )
     job.origin = spec.queue
-    job.enqueued_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    job.enqueued_at = _naive_utcnow()
     job._status = JobStatus.QUEUED
     return job
 
 
-def job_fields(envelope: Envelope, spec: JobSpec, job_id: str) -> list[Any]:
-    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list."""
+def _description(envelope: Envelope) -> str:
+    return f"{envelope.source} {envelope.event_id}"
+
+
+def _naive_utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # RQ's own convention
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return str(value.value)
+    return value if isinstance(value, bytes | str) else str(value)
+
+
+#: the fields that differ from one event's job to the next
+_PER_EVENT = frozenset({"created_at", "enqueued_at", "data", "description", "retry_intervals"})
+_PROBE = Envelope(source="probe", event_id="probe", received_at=0.0, headers=(), body=b"")
+
+
+@functools.lru_cache(maxsize=16)
+def _constant_fields(spec: JobSpec) -> tuple[Any, ...]:
+    """The fields RQ writes that are the same for every event job of ``spec``, taken once
+    from a job RQ built itself."""
+    mapping = build_job(_PROBE, spec, "probe").to_dict()
     out: list[Any] = []
-    for field, value in build_job(envelope, spec, job_id).to_dict().items():
-        if value is None:
-            continue
-        out.append(field)
-        out.append(value if isinstance(value, bytes | str) else str(value))
+    for field, value in mapping.items():
+        if value is not None and field not in _PER_EVENT:
+            out += [field, _text(value)]
+    return tuple(out)
+
+
+def job_fields(envelope: Envelope, spec: JobSpec) -> list[Any]:
+    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list.
+
+    Built from a template rather than an ``rq.Job`` per event: creating the Job was a fifth of
+    the ingress's CPU per request. ``tests/test_enqueue.py`` holds it equal to RQ's own."""
+    now = utcformat(_naive_utcnow())
+    data = zlib.compress(DefaultSerializer.dumps((keys.JOB_FUNC, None, (envelope.to_dict(),), {})))
+    out = [*_constant_fields(spec), "created_at", now, "enqueued_at", now, "data", data]
+    out += ["description", _description(envelope)]
+    if spec.max_attempts > 1:
+        intervals = retry_intervals(spec.max_attempts, spec.backoff_seconds)
+        out += ["retry_intervals", json.dumps(intervals)]
     return out
 
 
@@ -130,7 +175,7 @@ def script_call(envelope: Envelope, spec: JobSpec) -> tuple[list[str], list[Any]
         keys.queue_key(spec.queue),
         keys.QUEUES_SET,
     ]
-    args: list[Any] = [job_id, spec.claim_ttl_seconds, *job_fields(envelope, spec, job_id)]
+    args: list[Any] = [job_id, spec.claim_ttl_seconds, *job_fields(envelope, spec)]
     return keys_, args
 
 
