@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.log import access_logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -208,7 +209,7 @@ def run(settings: Settings, host: str, port: int, **kwargs: Any) -> None:
         create_app(settings),
         host=host,
         port=port,
-        access_log=web.access_logger if settings.ingest.access_log else None,
+        access_log=access_logger if settings.ingest.access_log else None,
         access_log_format='%a "%r" %s %b %Tf',
         loop=loop_factory() if loop_factory else None,
         **{**SERVER_OPTIONS, **kwargs},
