@@ -325,3 +325,30 @@ def test_concurrent_runs_of_one_event_apply_it_once(
     # Then exactly one applied it and the others saw it done
     assert sorted(outcomes) == ["duplicate"] * 3 + ["processed"]
     assert len(rows(engine, payments)) == 1
+
+
+@pytest.mark.parametrize(
+    "order, final, event_of_final",
+    [
+        (["payment.pending", "payment.completed", "payment.failed"], "completed", 1),
+        (["payment.completed", "payment.completed", "payment.pending"], "completed", 0),
+        (["payment.failed", "payment.pending"], "failed", 0),
+    ],
+)
+def test_status_never_moves_backwards_within_one_batch(
+    redis_client: redis.Redis,
+    settings: Settings,
+    engine: Engine,
+    order: list[str],
+    final: str,
+    event_of_final: int,
+) -> None:
+    # Given several events for one payment queued together (one worker batch)
+    for i, event in enumerate(order):
+        body = body_of({"id": f"evt_{i}", "event": event, "reference": "ORD-B", "amount": 100})
+        deliver(redis_client, settings, "moncash", body=body)
+    run_worker(redis_client, settings)
+    # Then the payment holds the first event of the highest status, as if applied in order
+    [payment] = rows(engine, payments)
+    assert (payment["status"], payment["event_id"]) == (final, f"evt_{event_of_final}")
+    assert len(rows(engine, webhook_events)) == len(order)

@@ -25,6 +25,7 @@ from shared.envelope import Envelope
 from shared.errors import PermanentError
 from workers.handlers import Event, Handler
 from workers.parsing import to_event
+from workers.payments import flush_payments
 from workers.runtime import Runtime
 
 Outcome = Literal["processed", "ignored", "duplicate"]
@@ -99,6 +100,7 @@ def _apply_all(session: Session, items: Sequence[_Prepared]) -> list[Outcome]:
                 )
             )
         outcomes.append(item.status)
+    flush_payments(session)
     return outcomes
 
 

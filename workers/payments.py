@@ -8,6 +8,7 @@ late ``pending`` after ``completed``) change nothing, on SQLite and PostgreSQL a
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 from shared.db import payments, utcnow
 from shared.errors import PayloadError
 
+#: ``session.info`` key of the payments recorded in the open transaction
+_PENDING = "hookline.payments"
 STATUS_RANK = {"pending": 0, "failed": 1, "completed": 2, "refunded": 3}
 _MAX_AMOUNT = decimal.Decimal("1e15")
 
@@ -65,23 +68,50 @@ def record_payment(
     amount_: decimal.Decimal | None,
     currency_: str | None,
 ) -> None:
-    """Insert the payment or move its status forward; never backwards."""
-    conn: Connection = session.connection()
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    """Insert the payment or move its status forward; never backwards.
+
+    The write joins the transaction's others and is made by :func:`flush_payments` before the
+    commit, in one statement for the whole batch of events."""
     now = utcnow()
-    stmt = dialect.insert(payments).values(
-        source=source,
-        reference=ref,
-        status=status,
-        status_rank=STATUS_RANK[status],
-        amount=amount_,
-        currency=currency_,
-        event_id=event_id,
-        created_at=now,
-        updated_at=now,
+    session.info.setdefault(_PENDING, []).append(
+        {
+            "source": source,
+            "reference": ref,
+            "status": status,
+            "status_rank": STATUS_RANK[status],
+            "amount": amount_,
+            "currency": currency_,
+            "event_id": event_id,
+            "created_at": now,
+            "updated_at": now,
+        }
     )
+
+
+def flush_payments(session: Session) -> None:
+    """Write the payments recorded in this transaction.
+
+    Rows for one (source, reference) are first reduced to the first of the highest rank: what
+    applying them one after another would leave, and one statement may touch a row only once.
+    """
+    rows: list[dict[str, Any]] = session.info.pop(_PENDING, [])
+    if not rows:
+        return
+    winners: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["source"], row["reference"])
+        if key not in winners or row["status_rank"] > winners[key]["status_rank"]:
+            winners[key] = row
+    conn: Connection = session.connection()
+    conn.execute(_upsert(conn.dialect.name), list(winners.values()))
+
+
+@functools.lru_cache(maxsize=4)
+def _upsert(dialect_name: str) -> Any:
+    dialect = sqlite if dialect_name == "sqlite" else postgresql
+    stmt = dialect.insert(payments)
     excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[payments.c.source, payments.c.reference],
         set_={
             "status": excluded.status,
@@ -93,4 +123,3 @@ def record_payment(
         },
         where=payments.c.status_rank < excluded.status_rank,
     )
-    conn.execute(stmt)
