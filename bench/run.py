@@ -1,7 +1,7 @@
 """hookline benchmark: ingress vs a bare aiohttp ceiling, workers vs a hand-written drain loop,
 ack -> effect latency, peak RSS. One command, one machine, everything stopped at the end.
 
-    /tmp/hlvenv/bin/python bench/run.py [--quick] [--out bench/results/latest.json]
+    .venv/bin/python bench/run.py [--quick] [--out bench/results/latest.json]
         [--profile bench/results/profile]
 
 See bench/README.md for what each number means and how it is measured.

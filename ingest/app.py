@@ -117,8 +117,8 @@ async def receive(request: web.Request) -> web.Response:
     if source is None:
         raise UnknownSource("unknown source")
     app[METRICS].received.labels(source.name).inc()
+    _check_address(request, source, settings)  # before reading: nothing read for strangers
     body = await read_body(request, settings.ingest)
-    _check_address(request, source, settings)
     now = time.time()
     source.scheme.verify(request.headers, body, now)
     event_id = _event_id(request, source, body)
