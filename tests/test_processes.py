@@ -284,7 +284,13 @@ def test_dev_runs_the_pipeline_and_stops_every_child_on_ctrl_c(tmp_path: Path) -
         engine = make_engine(f"sqlite:///{tmp_path / '.hookline' / 'hookline.db'}")
         wait_until(lambda: count(engine, payments) == 1, 30, "the payment row")
         engine.dispose()
-        assert "processed" in (tmp_path / "dev.log").read_text()
+        # and dev shows a line for it (written just after the commit)
+        log = tmp_path / "dev.log"
+        wait_until(
+            lambda: "moncash/evt_" in log.read_text() and "processed" in log.read_text(),
+            10,
+            "the event's line",
+        )
         # And Ctrl-C stops everything
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0
