@@ -352,3 +352,19 @@ def test_status_never_moves_backwards_within_one_batch(
     [payment] = rows(engine, payments)
     assert (payment["status"], payment["event_id"]) == (final, f"evt_{event_of_final}")
     assert len(rows(engine, webhook_events)) == len(order)
+
+
+def test_a_job_that_is_not_an_event_fails_alone(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given a foreign job on the queue between two events (someone enqueued by hand)
+    from shared import keys
+
+    deliver(redis_client, settings, "moncash", n=1)
+    Queue(settings.queue, connection=redis_client).enqueue(keys.JOB_FUNC, "not an envelope")
+    deliver(redis_client, settings, "moncash", n=2)
+    # When a worker drains the queue
+    run_worker(redis_client, settings)
+    # Then both events are applied and only the foreign job failed
+    assert len(rows(engine, webhook_events)) == 2
+    assert Queue(settings.queue, connection=redis_client).failed_job_registry.count == 1

@@ -73,15 +73,15 @@ def process_batch(jobs: Sequence[Job]) -> list[str] | None:
     """Apply the events of ``jobs`` in one transaction; ``None`` if any of them failed (then
     nothing was applied, and each must go through :func:`process` on its own)."""
     rt = current()
-    items = [
-        (Envelope.from_dict(job.args[0]), attempt_of(job, rt.settings.worker.max_attempts))
-        for job in jobs
-    ]
     started = time.perf_counter()
     try:
+        items = [
+            (Envelope.from_dict(job.args[0]), attempt_of(job, rt.settings.worker.max_attempts))
+            for job in jobs
+        ]
         outcomes = apply_events(rt, items)
-    except Exception as err:
-        log.debug("batch of %d fell back to one by one: %s", len(items), describe(err))
+    except Exception as err:  # each event then meets its own error on its own path
+        log.debug("batch of %d fell back to one by one: %s", len(jobs), describe(err))
         return None
     share = (time.perf_counter() - started) / len(items)
     for (envelope, attempt), outcome in zip(items, outcomes, strict=True):
