@@ -44,8 +44,9 @@ log = logging.getLogger("hookline.worker")
 #: events taken per round trip: large enough to amortise Redis, small enough that a crash
 #: leaves little to recover and one slow event delays few others
 BATCH_SIZE = 50
-#: how long past its timeout a running job's registry entry lives (RQ adds 60 s)
-HEARTBEAT_MARGIN_SECONDS = 30
+#: how long past its timeout a running job's registry entry lives (RQ adds 60 s): the time
+#: to record a finished batch, which is one pipeline
+HEARTBEAT_MARGIN_SECONDS = 15
 #: seconds an idle worker blocks waiting for work before checking for a stop request
 IDLE_BLOCK_SECONDS = 1
 
@@ -141,6 +142,9 @@ class BatchRunner:
     def _run_each(self, batch: list[tuple[Job, str]]) -> list[tuple[Job, str, Any]]:
         """One transaction per event: after a batch failed, or for a batch of one."""
         done: list[tuple[Job, str, Any]] = []
+        if len(batch) > 1:
+            # after a failed batch run, which may have used the whole timeout
+            self._refresh([e for _, e in batch])
         refreshed = time.monotonic()
         for i, (job, entry) in enumerate(batch):
             if time.monotonic() - refreshed > HEARTBEAT_MARGIN_SECONDS / 2:

@@ -8,9 +8,9 @@ What RQ's defaults get wrong here, and what this changes:
 - A job held by a worker killed with ``kill -9`` waits in RQ's StartedJobRegistry until its
   entry expires (job timeout + 60 s) *and* some worker runs maintenance, which RQ does only
   between jobs or when an idle worker's dequeue times out (~405 s): up to ~15 minutes. Here the
-  entry expires at job timeout + 30 s and a janitor thread sweeps every
+  entry expires at job timeout + 15 s and a janitor thread sweeps every
   :data:`JANITOR_SECONDS`, so abandoned work is retried (or dead-lettered) within job timeout
-  + 45 s: 105 s with the default 60 s timeout.
+  + 25 s: 85 s with the default 60 s timeout.
 - RQ only moves an abandoned last attempt to its FailedJobRegistry; the job's failure callback
   (set at enqueue, so it runs whichever process does the cleanup) writes the dead letter too.
 - A Redis outage of a few seconds makes RQ's work loop raise; :func:`run` waits for Redis and
@@ -45,7 +45,7 @@ log = logging.getLogger("hookline.worker")
 
 #: how often a worker looks for abandoned jobs (RQ's default is 600 s, and in practice only
 #: when an idle worker's dequeue times out)
-JANITOR_SECONDS = 15
+JANITOR_SECONDS = 10
 #: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
 SCHEDULER_GRACE_SECONDS = 10
 #: pause before reconnecting after Redis went away
