@@ -18,7 +18,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.log import access_logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ingest.addresses import allowed, client_address
@@ -76,6 +79,12 @@ def _redis_ctx(
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
+            client_name="hookline-ingress",
+            # after a Redis restart each pooled connection fails once ("closed by server"):
+            # try once more on a fresh one rather than answer 503 while Redis is up. Sending
+            # the claim script twice is safe: a second run answers "duplicate".
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         app[REDIS] = client
         # EVALSHA: the script's text is sent once per connection, not with every event

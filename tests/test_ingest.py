@@ -431,3 +431,20 @@ async def test_idle_connections_do_not_stop_others(live_port: int, redis_url: st
 
     # the server runs on this loop: the clients run in a thread beside it
     assert await loop.run_in_executor(None, scenario) == 202
+
+
+async def test_connections_closed_by_redis_are_retried_not_503(
+    aiohttp_client: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given an ingress whose pooled connections Redis has closed (as after a Redis restart)
+    settings = make_settings(redis_url)
+    client = await aiohttp_client(create_app(settings))
+    first = signed(settings, "stripe", n=1)
+    assert (await post(client, "stripe", *first[:2]))[0] == 202
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    for conn in redis_client.client_list():
+        if conn.get("name") == "hookline-ingress" and int(conn.get("db", -1)) == db:
+            redis_client.client_kill_filter(_id=conn["id"])
+    # When the next event arrives, Then it is accepted, not refused with 503
+    second = signed(settings, "stripe", n=2)
+    assert (await post(client, "stripe", *second[:2]))[0] == 202

@@ -368,3 +368,29 @@ def test_a_job_that_is_not_an_event_fails_alone(
     # Then both events are applied and only the foreign job failed
     assert len(rows(engine, webhook_events)) == 2
     assert Queue(settings.queue, connection=redis_client).failed_job_registry.count == 1
+
+
+def test_a_last_attempt_stuck_between_dequeue_and_start_is_dead_lettered(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given an event on its last attempt, moved into RQ's intermediate list by a worker that
+    # then died (a BLMOVE, then kill -9)
+    from workers.worker import sweep
+
+    last = make_settings(
+        settings.redis_url, settings.database_url, sources=TEST_SOURCES, worker={"max_attempts": 1}
+    )
+    runtime.configure(last)
+    event_id = deliver(redis_client, last, "moncash", n=5)
+    queue = Queue(last.queue, connection=redis_client)
+    job_id = redis_client.lmove(queue.key, queue.intermediate_queue.key).decode()
+    # When the janitor has seen it stuck for longer than RQ tolerates
+    worker = EventWorker([queue], connection=redis_client)
+    sweep([queue], worker)
+    redis_client.set(queue.intermediate_queue.get_first_seen_key(job_id), time.time() - 120)
+    sweep([queue], worker)
+    # Then the acknowledged event is in the dead letters, not lost
+    [dl] = rows(engine, dead_letters)
+    assert (dl["event_id"], dl["permanent"]) == (event_id, 0)
+    assert "abandoned" in dl["reason"]
+    assert job_id in queue.failed_job_registry

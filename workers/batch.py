@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
@@ -169,8 +169,14 @@ class BatchRunner:
         except Exception:
             exc_string = traceback.format_exc()
             self.connection.zrem(self.registry.key, entry)
-            self.worker.handle_job_failure(
-                job, self.queue, started_job_registry=self.registry, exc_string=exc_string
+            # the job recorded this failure itself: RQ's own handling, not the worker's
+            # override for failures found outside a run
+            SimpleWorker.handle_job_failure(
+                self.worker,
+                job,
+                self.queue,
+                started_job_registry=self.registry,
+                exc_string=exc_string,
             )
             return False, None
 

@@ -176,9 +176,7 @@ def dead_letter_abandoned(job: Job) -> None:
     alone would only move it to its FailedJobRegistry)."""
     rt = current()
     attempt = attempt_of(job, rt.settings.worker.max_attempts)
-    error = AttemptError(
-        attempt, time.time(), "worker died while running the job (abandoned)", False
-    )
+    error = AttemptError(attempt, time.time(), "the worker holding the job died (abandoned)", False)
     try:
         envelope = Envelope.from_dict(job.args[0])
     except Exception:

@@ -37,8 +37,9 @@ from rq.registry import StartedJobRegistry, clean_registries
 from rq.timeouts import TimerDeathPenalty
 from rq.worker.base import WorkerStatus
 
+from shared import keys
 from shared.config import Settings
-from workers import runtime
+from workers import runtime, tasks
 from workers.batch import HEARTBEAT_MARGIN_SECONDS, BatchRunner
 
 log = logging.getLogger("hookline.worker")
@@ -47,7 +48,7 @@ log = logging.getLogger("hookline.worker")
 #: when an idle worker's dequeue times out)
 JANITOR_SECONDS = 10
 #: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
-SCHEDULER_GRACE_SECONDS = 10
+SCHEDULER_GRACE_SECONDS = 2
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
 
@@ -64,6 +65,26 @@ class EventWorker(SimpleWorker):
         #: the configured job timeout (180 s is RQ's default)
         self.job_timeout = job_timeout
         self._janitor_stop = threading.Event()
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Any = None,
+    ) -> None:
+        """RQ calls this for failures it finds outside a job run, above all a job left in its
+        intermediate list by a worker that died between dequeuing and starting it: record
+        the attempt like any abandoned one (a dead letter if it was the last), then let RQ
+        retry or fail it. Failures inside a run were recorded by the job itself and go to
+        RQ's method directly (see :mod:`workers.batch`)."""
+        if job.func_name == keys.JOB_FUNC:
+            try:
+                tasks.dead_letter_abandoned(job)
+            except Exception:
+                log.exception("could not record the failure of job %s", job.id)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # in process, a job cannot outlive its timeout (RQ's death penalty stops it), so the

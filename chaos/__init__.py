@@ -1,0 +1,1 @@
+"""hookline's fault-injection run ("chaos"): ``python chaos/run.py --help``."""

@@ -1,0 +1,533 @@
+"""What the chaos run concludes from the tables and its own records: the checks, the
+measurements, the PASS/MISS targets and the printed summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from chaos.sender import Attempt, Key
+
+if TYPE_CHECKING:
+    from chaos.harness import Harness
+
+#: targets, as stated in the brief
+MAX_INGRESS_SECONDS = 3.0
+MAX_503_SECONDS = 1.0
+MAX_RECOVERY_SECONDS = 180.0
+
+#: event kinds whose processing is delayed on purpose (retries, dead letters, sleeps)
+DELAYED_KINDS = ("flaky", "poison", "slow")
+#: an ordinary event applied later than this after its acknowledgement is listed as late
+LATE_SECONDS = 10.0
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def rnd(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def ts(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def count(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def applied_at(key: Key, events: dict[Key, Any], dead: dict[Key, Any]) -> float | None:
+    """When the event reached a table: processed_at, else the dead letter's failed_at."""
+    row = events.get(key)
+    if row is not None:
+        return ts(row.processed_at)
+    dl = dead.get(key)
+    return ts(dl.failed_at) if dl is not None else None
+
+
+def checks(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> dict[str, Any]:
+    """The guarantees, on what the tables hold once the queues drained."""
+    assert h.sender is not None
+    r = h.sender.result
+    events, dead, effects, pays = (
+        tables["events"],
+        tables["dead"],
+        tables["effects"],
+        tables["payments"],
+    )
+    sent = r.events
+    acked = set(r.acked)
+    applied = set(events) | set(dead)
+    poison = {k for k, s in sent.items() if s.kind == "poison"}
+    poison_acked = poison & acked
+    # payments: statuses of one reference arriving out of order must end "completed"
+    pair_refs: dict[str, list[Key]] = {}
+    for k, s in sent.items():
+        if s.kind.startswith("pair_") and s.reference:
+            pair_refs.setdefault(s.reference, []).append(k)
+    pair_bad = []
+    for ref, keys in sorted(pair_refs.items()):
+        completed = [k for k in keys if k in events and sent[k].kind == "pair_completed"]
+        if completed and (ref not in pays or pays[ref].status != "completed"):
+            pair_bad.append({"reference": ref, "status": pays[ref].status if ref in pays else None})
+    single_bad = [
+        list(k)
+        for k, s in sent.items()
+        if s.kind in ("moncash", "slow", "twin")
+        and k in events
+        and (s.reference not in pays or pays[s.reference].status != "completed")
+    ]
+    unexpected = sorted(set(dead) - poison)
+    return {
+        "acknowledged": len(acked),
+        "lost": [list(k) for k in sorted(acked - applied)],
+        "duplicated_effects": [
+            {
+                "event": list(k),
+                "rows": e.n,
+                "pids": list(e.pids),
+                "attempts": list(e.attempts),
+            }
+            for k, e in sorted(effects.items())
+            if e.n > 1
+        ],
+        "processed_without_effect": [
+            list(k)
+            for k, e in sorted(events.items())
+            if e.status == "processed" and k not in effects
+        ],
+        "effect_without_event_row": [list(k) for k in sorted(set(effects) - set(events))],
+        "poison_acknowledged": len(poison_acked),
+        "dead_letters": len(dead),
+        "unexpected_dead_letters": [
+            {"event": list(k), "reason": dead[k].reason, "attempts": dead[k].attempts}
+            for k in unexpected
+        ],
+        "poison_not_dead_lettered": [list(k) for k in sorted(poison_acked - set(dead))],
+        "dead_letter_reason_wrong": [
+            list(k)
+            for k in sorted(set(dead) & poison)
+            if "poison" not in (dead[k].reason or "") or not dead[k].permanent
+        ],
+        "in_both_tables": [list(k) for k in sorted(set(events) & set(dead))],
+        "rows_for_unknown_events": [list(k) for k in sorted(applied - set(sent))],
+        "not_acknowledged": [
+            {"event": list(k), "applied_anyway": k in applied} for k in sorted(set(sent) - acked)
+        ],
+        "out_of_order_pairs": len(pair_refs),
+        "out_of_order_pairs_wrong_status": pair_bad,
+        "payments_wrong_status": single_bad,
+        "drain_after_sender": drain,
+    }
+
+
+def table_counts(tables: dict[str, Any]) -> dict[str, Any]:
+    events, dead, effects = tables["events"], tables["dead"], tables["effects"]
+    return {
+        "webhook_events": len(events),
+        "dead_letters": len(dead),
+        "chaos_effect_rows": sum(e.n for e in effects.values()),
+        "payments_moncash": len(tables["payments"]),
+        "events_needing_more_than_one_attempt": sum(1 for e in events.values() if e.attempts > 1),
+        "max_attempts_seen": max((e.attempts for e in events.values()), default=0),
+    }
+
+
+def _redis_window(h: Harness, a: Attempt) -> dict[str, Any] | None:
+    """The Redis outage a request fell into (from half a second before the kill until half a
+    second after Redis answered again)."""
+    for w in h.redis_windows:
+        end = w.get("ready_at", w["killed_at"] + 60)
+        if w["killed_at"] - 0.5 <= a.t <= end + 0.5:
+            return w
+    return None
+
+
+def ingress(h: Harness) -> dict[str, Any]:
+    assert h.sender is not None
+    r = h.sender.result
+    attempts = r.attempts
+    answered = [a for a in attempts if a.status is not None]
+    lat = [a.latency for a in answered]
+    errors = [a for a in attempts if a.status is None]
+    s5xx = [a for a in answered if a.status is not None and a.status >= 500]
+    inside = [a for a in s5xx if _redis_window(h, a) is not None]
+    outside = [a for a in s5xx if _redis_window(h, a) is None]
+    slowest = sorted(answered, key=lambda a: -a.latency)[:10]
+    return {
+        "requests": len(attempts),
+        "answered": len(answered),
+        "by_status": count(
+            str(a.status) if a.status is not None else str(a.error) for a in attempts
+        ),
+        "p50_s": rnd(percentile(lat, 50), 4),
+        "p99_s": rnd(percentile(lat, 99), 4),
+        "max_s": rnd(max(lat, default=0.0), 4),
+        "p99_outside_redis_outages_s": rnd(
+            percentile([a.latency for a in answered if _redis_window(h, a) is None], 99), 4
+        ),
+        "client_timeouts_3s": sum(1 for a in errors if a.error == "timeout"),
+        "connection_errors": sum(1 for a in errors if a.error != "timeout"),
+        "slowest": [
+            {
+                "t": round(a.t - h.t0, 2),
+                "latency_s": round(a.latency, 3),
+                "status": a.status,
+                "delivery": a.delivery,
+                "try": a.try_no,
+            }
+            for a in slowest
+        ],
+        "answers_5xx_during_redis_outage": len(inside),
+        "answers_5xx_during_redis_outage_max_s": rnd(
+            max((a.latency for a in inside), default=0.0), 4
+        ),
+        "answers_5xx_during_redis_outage_p50_s": rnd(
+            percentile([a.latency for a in inside], 50), 4
+        ),
+        "answers_5xx_outside_redis_outage": [
+            {"t": round(a.t - h.t0, 2), "status": a.status, "latency_s": round(a.latency, 3)}
+            for a in outside
+        ],
+        "errors_outside_redis_outage": [
+            {"t": round(a.t - h.t0, 2), "error": a.error, "latency_s": round(a.latency, 3)}
+            for a in errors
+            if _redis_window(h, a) is None
+        ],
+        "rejected_4xx": [asdict(a) for a in r.rejected[:20]],
+        "deliveries_given_up": len(r.gave_up),
+    }
+
+
+def deliveries(h: Harness) -> dict[str, Any]:
+    assert h.sender is not None
+    r = h.sender.result
+    first_try = [a for a in r.attempts if a.try_no == 1]
+    redeliv = [a for a in first_try if a.delivery == "redelivery"]
+    twins: dict[Key, list[int | None]] = {}
+    for a in first_try:
+        if r.events[(a.source, a.event_id)].kind == "twin":
+            twins.setdefault((a.source, a.event_id), []).append(a.status)
+    # a redelivery answered 202 is expected when the event had not been acknowledged yet (its
+    # first delivery was refused while Redis was down); after an acknowledgement it would mean
+    # the dedup claim was lost
+    accepted_again = [
+        {
+            "event": [a.source, a.event_id],
+            "t": round(a.t - h.t0, 2),
+            "first_acknowledged_t": round(r.acked[(a.source, a.event_id)][0] - h.t0, 2),
+        }
+        for a in redeliv
+        if a.status == 202 and r.acked[(a.source, a.event_id)][0] < a.t
+    ]
+    return {
+        "redeliveries_accepted_again_after_acknowledgement": accepted_again,
+        "events_sent": len(r.events),
+        "by_kind": count(s.kind for s in r.events.values()),
+        "send_rate_per_s": round(r.ticks / max(1e-9, r.stopped_sending_at - r.started_at), 2),
+        "redeliveries": len(redeliv),
+        "redeliveries_answered": count(str(a.status or a.error) for a in redeliv),
+        "twins": len(twins),
+        "twins_answers": count(",".join(sorted(str(s) for s in v)) for v in twins.values()),
+    }
+
+
+def recovery(h: Harness, tables: dict[str, Any]) -> dict[str, Any]:
+    """How long the work a fault left in the middle waited, per fault. A killed worker's job:
+    from the kill to the event's processed_at. A stopped worker's job: from the SIGSTOP until
+    the row became visible (the zombie's own row carries the time of its insert, before the
+    stop). A job abandoned again by a later fault was taken up again before that fault: its
+    wait for that abandonment ends there (an upper bound), and the next one starts."""
+    assert h.sender is not None
+    r = h.sender.result
+    events, dead, effects = tables["events"], tables["dead"], tables["effects"]
+    later: dict[Key, list[float]] = {}
+    for ab in h.abandoned:
+        if not ab.visible_at_fault:
+            later.setdefault((ab.source, ab.event_id), []).append(ab.fault_at)
+    rows: list[dict[str, Any]] = []
+    for ab in h.abandoned:
+        key = (ab.source, ab.event_id)
+        at = applied_at(key, events, dead)
+        seen = h.first_visible.get(key)
+        eff = effects.get(key)
+        again = min((t for t in later.get(key, []) if t > ab.fault_at), default=None)
+        waited: float | None
+        if ab.visible_at_fault or (ab.fault == "kill" and at is not None and at < ab.fault_at):
+            verdict, waited = "finished before the fault (not abandoned)", None
+        elif again is not None:
+            verdict = f"recovered, then abandoned again at {again - h.t0:.1f} s"
+            waited = again - ab.fault_at
+        elif ab.fault == "kill":
+            verdict = "recovered" if at is not None else "NOT recovered"
+            waited = None if at is None else at - ab.fault_at
+        else:
+            verdict = "recovered" if seen is not None else "NOT recovered"
+            waited = None if seen is None else seen - ab.fault_at
+        row = events.get(key)
+        rows.append(
+            {
+                "fault": ab.fault,
+                "t": round(ab.fault_at - h.t0, 2),
+                "worker": ab.worker,
+                "pid": ab.pid,
+                "holding": ab.how_found,
+                "event": [ab.source, ab.event_id],
+                "verdict": verdict,
+                "waited_s": rnd(waited, 2),
+                "visible_after_s": rnd(None if seen is None else seen - ab.fault_at, 2),
+                "table": "webhook_events"
+                if row is not None
+                else ("dead_letters" if key in dead else None),
+                "attempts": row.attempts if row is not None else None,
+                "effect_rows": eff.n if eff is not None else 0,
+                "effect_by_pid": list(eff.pids) if eff is not None else [],
+                "applied_by_the_faulted_worker": bool(eff is not None and ab.pid in list(eff.pids)),
+            }
+        )
+    waited_all: list[float] = [float(x["waited_s"]) for x in rows if x["waited_s"] is not None]
+    delays = []
+    for key, (ack_at, _status) in r.acked.items():
+        at = applied_at(key, events, dead)
+        if at is not None:
+            delays.append((max(0.0, at - ack_at), key))
+    delays.sort(reverse=True)
+    late = [
+        {
+            "event": list(k),
+            "kind": r.events[k].kind,
+            "ack_to_applied_s": round(d, 2),
+            "acknowledged_t": round(r.acked[k][0] - h.t0, 2),
+            "attempts": events[k].attempts if k in events else None,
+        }
+        for d, k in delays
+        if d > LATE_SECONDS and r.events[k].kind not in DELAYED_KINDS
+    ]
+    # an event slower than the target end to end is explained only by repeated faults
+    unexplained = [
+        {"event": list(k), "kind": r.events[k].kind, "seconds": round(d, 2)}
+        for d, k in delays
+        if d >= MAX_RECOVERY_SECONDS and len(later.get(k, [])) < 2
+    ]
+    return {
+        "abandoned_more_than_once": sum(1 for v in later.values() if len(v) > 1),
+        "slower_than_target_without_repeated_faults": unexplained,
+        "late_events_count": len(late),
+        "late_events": late[:60],
+        "abandoned": rows,
+        "abandoned_recovered": sum(1 for x in rows if x["verdict"].startswith("recovered")),
+        "abandoned_not_recovered": sum(1 for x in rows if x["verdict"] == "NOT recovered"),
+        "longest_wait_s": rnd(max(waited_all), 2) if waited_all else None,
+        "worst_ack_to_applied_s": [
+            {"event": list(k), "kind": r.events[k].kind, "seconds": round(d, 2)}
+            for d, k in delays[:8]
+        ],
+    }
+
+
+def redis_outages(h: Harness, tables: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each Redis outage: 503s, and how long the pipeline took to catch up once Redis was back:
+    until the queue was first empty again, and until every event acknowledged from 10 s before
+    the kill to 10 s after the restart (the providers' 5 s retries included) was applied."""
+    assert h.sender is not None
+    r = h.sender.result
+    events, dead = tables["events"], tables["dead"]
+    out = []
+    for w in h.redis_windows:
+        killed, ready = w["killed_at"], w.get("ready_at")
+        attempts = [a for a in r.attempts if _redis_window(h, a) is w]
+        s5xx = [a for a in attempts if a.status is not None and a.status >= 500]
+        empty_after = None
+        if ready is not None:
+            for t, n in h.queue_samples:
+                if t > ready and n == 0:
+                    empty_after = t - ready
+                    break
+        abandoned = {(a.source, a.event_id) for a in h.abandoned}
+        around = [
+            k
+            for k, (ack_at, _s) in r.acked.items()
+            if ready is not None
+            and killed - 10 <= ack_at <= ready + 10
+            and r.events[k].kind not in DELAYED_KINDS
+            and k not in abandoned  # held by a worker killed meanwhile: timed under recovery
+        ]
+        applied = [applied_at(k, events, dead) for k in around]
+        done = [a for a in applied if a is not None]
+        out.append(
+            {
+                "t": round(killed - h.t0, 2),
+                "down_s": rnd(None if ready is None else ready - killed, 2),
+                "requests_during": len(attempts),
+                "answers_503": len(s5xx),
+                "answers_503_max_s": rnd(max((a.latency for a in s5xx), default=0.0), 4),
+                "other_answers_during": count(
+                    str(a.status or a.error) for a in attempts if a not in s5xx
+                ),
+                "queue_empty_again_after_s": rnd(empty_after, 2),
+                "events_acknowledged_around_it": len(around),
+                "all_of_them_applied_after_s": rnd(
+                    None if not done or ready is None else max(done) - ready, 2
+                ),
+            }
+        )
+    return out
+
+
+def measure(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> None:
+    h.results["tables"] = table_counts(tables)
+    h.results["checks"] = checks(h, tables, drain)
+    h.results["ingress"] = ingress(h)
+    h.results["deliveries"] = deliveries(h)
+    h.results["recovery"] = recovery(h, tables)
+    h.results["redis_outages"] = redis_outages(h, tables)
+    h.results["postgres_restarts"] = [
+        {
+            "t": round(x["at"] - h.t0, 2),
+            "took_s": rnd(x.get("ready_at", x["at"]) - x["at"], 2),
+            "error": x.get("error"),
+        }
+        for x in h.pg_restarts
+    ]
+    h.results["supervisor"] = {
+        "restarts": len(h.sup.restarts),
+        "unexpected_deaths": [
+            {"name": x.name, "pid": x.old_pid, "rc": x.returncode, "t": round(x.at - h.t0, 2)}
+            for x in h.sup.restarts
+            if not x.expected
+        ],
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    c = results["checks"]
+    ing = results["ingress"]
+    rec = results["recovery"]
+    rep = results.get("replay", {})
+    n503 = ing["answers_5xx_during_redis_outage"]
+    max503 = ing["answers_5xx_during_redis_outage_max_s"] or 0.0
+    worst = rec["worst_ack_to_applied_s"][0]["seconds"] if rec["worst_ack_to_applied_s"] else 0.0
+    longest = rec["longest_wait_s"]
+
+    def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
+        result = "n/a" if ok is None else ("PASS" if ok else "MISS")
+        return {"target": name, "result": result, "value": value}
+
+    dup = len(c["duplicated_effects"]) + len(rep.get("duplicated_effects_after_replay", []))
+    return [
+        row(
+            "0 acknowledged events lost",
+            not c["lost"],
+            f"{len(c['lost'])} lost of {c['acknowledged']} acknowledged",
+        ),
+        row("0 duplicated effects (incl. after replay)", dup == 0, f"{dup} duplicated"),
+        row(
+            "ingress never slower than 3 s",
+            ing["max_s"] < MAX_INGRESS_SECONDS and ing["client_timeouts_3s"] == 0,
+            f"p99 {ing['p99_s']} s, max {ing['max_s']} s,"
+            f" {ing['client_timeouts_3s']} client timeouts",
+        ),
+        row(
+            "503 within 1 s while Redis is down",
+            None if n503 == 0 else max503 < MAX_503_SECONDS,
+            f"{n503} answers, max {max503} s,"
+            f" median {ing['answers_5xx_during_redis_outage_p50_s']} s",
+        ),
+        row(
+            "abandoned work recovered within 180 s",
+            rec["abandoned_not_recovered"] == 0
+            and (longest or 0.0) < MAX_RECOVERY_SECONDS
+            and not rec["slower_than_target_without_repeated_faults"],
+            f"{rec['abandoned_recovered']} jobs recovered, longest {longest} s;"
+            f" worst ack->applied of any event {worst} s"
+            f" ({rec['abandoned_more_than_once']} events abandoned more than once)",
+        ),
+        row(
+            "dead letters = exactly the poison events, with reason",
+            not c["unexpected_dead_letters"]
+            and not c["poison_not_dead_lettered"]
+            and not c["dead_letter_reason_wrong"]
+            and not c["in_both_tables"],
+            f"{c['dead_letters']} dead letters, {c['poison_acknowledged']} poison acknowledged,"
+            f" {len(c['unexpected_dead_letters'])} unexpected,"
+            f" {len(c['in_both_tables'])} also processed",
+        ),
+        row(
+            "replay (2 at once) applies each once",
+            bool(rep)
+            and rep["applied_once"] == rep["dead_letters_replayed"]
+            and rep["dead_letters_left"] == 0,
+            f"{rep.get('applied_once')}/{rep.get('dead_letters_replayed')} applied once,"
+            f" {rep.get('dead_letters_left')} dead letters left",
+        ),
+        row(
+            "out-of-order statuses end 'completed'",
+            not c["out_of_order_pairs_wrong_status"] and not c["payments_wrong_status"],
+            f"{c['out_of_order_pairs']} pairs, {len(c['out_of_order_pairs_wrong_status'])} wrong",
+        ),
+    ]
+
+
+def print_summary(h: Harness, command: str) -> None:
+    res = h.results
+    d = res.get("deliveries", {})
+    ing = res.get("ingress", {})
+    c = res.get("checks", {})
+    print()
+    print(f"command:  {command}")
+    print(f"database: {h.pg_note}")
+    print(
+        f"sent {d.get('events_sent')} events ({d.get('send_rate_per_s')}/s) in"
+        f" {ing.get('requests')} requests; {c.get('acknowledged')} acknowledged;"
+        f" {len(c.get('not_acknowledged', []))} never acknowledged"
+    )
+    width = max(len(t["target"]) for t in res["targets"])
+    print()
+    print(f"{'target'.ljust(width)}  result  value")
+    print(f"{'-' * width}  ------  -----")
+    for t in res["targets"]:
+        print(f"{t['target'].ljust(width)}  {t['result']:<6}  {t['value']}")
+    print()
+    print(
+        f"ingress latency: p50 {ing.get('p50_s')} s, p99 {ing.get('p99_s')} s"
+        f" (outside Redis outages {ing.get('p99_outside_redis_outages_s')} s),"
+        f" max {ing.get('max_s')} s"
+    )
+    for o in res.get("redis_outages", []):
+        print(
+            f"redis kill -9 at {o['t']} s: down {o['down_s']} s, {o['answers_503']} x 503"
+            f" (max {o['answers_503_max_s']} s); queue empty again"
+            f" {o['queue_empty_again_after_s']} s after restart; the"
+            f" {o['events_acknowledged_around_it']} events acknowledged around it all applied"
+            f" {o['all_of_them_applied_after_s']} s after restart"
+        )
+    for p in res.get("postgres_restarts", []):
+        print(f"postgres immediate restart at {p['t']} s: took {p['took_s']} s {p['error'] or ''}")
+    rec = res.get("recovery", {})
+    for x in rec.get("abandoned", []):
+        print(
+            f"{x['fault']:>4} at {x['t']:>7} s {x['worker']} ({x['holding']}): {x['verdict']},"
+            f" waited {x['waited_s']} s, attempts {x['attempts']},"
+            f" effect rows {x['effect_rows']} by {x['effect_by_pid']}"
+        )
+    sup = res.get("supervisor", {})
+    print(
+        f"supervisor restarts: {sup.get('restarts')},"
+        f" unexpected deaths: {sup.get('unexpected_deaths')}"
+    )
+    if h.errors:
+        print("harness notes:")
+        for e in h.errors:
+            print(f"  - {e}")
+    print(f"results: {h.args.out}")
