@@ -27,6 +27,14 @@ config_option = click.option(
     help="Configuration file (default: $HOOKLINE_CONFIG, else ./hookline.toml).",
 )
 
+older_than_option = click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only dead letters that died more than DAYS ago.",
+)
+
 
 def config_errors_exit_2(func: F) -> F:
     """A ``ConfigError`` anywhere below is one line on stderr and exit status 2; so is a
@@ -39,8 +47,11 @@ def config_errors_exit_2(func: F) -> F:
         except ConfigError as err:
             click.echo(f"hookline: configuration error: {err}", err=True)
             sys.exit(2)
-        except (RedisError, OSError) as err:
+        except RedisError as err:
             click.echo(f"hookline: cannot reach Redis: {err}", err=True)
+            sys.exit(1)
+        except OSError as err:  # a port in use, a file that cannot be written...
+            click.echo(f"hookline: {err}", err=True)
             sys.exit(1)
         except SQLAlchemyError as err:
             first = str(getattr(err, "orig", err)).strip().splitlines()[0]
@@ -143,13 +154,7 @@ def dlq() -> None:
 @config_option
 @click.option("--source", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
-@click.option(
-    "--older-than",
-    "older_than",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Only dead letters that died more than DAYS ago.",
-)
+@older_than_option
 @click.option("--json", "as_json", is_flag=True)
 @config_errors_exit_2
 def dlq_list(
@@ -209,13 +214,7 @@ def dlq_replay(
 @config_option
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "all_", is_flag=True)
-@click.option(
-    "--older-than",
-    "older_than",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Only dead letters that died more than DAYS ago.",
-)
+@older_than_option
 @click.option("--source", default=None)
 @config_errors_exit_2
 def dlq_purge(

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
-from sqlalchemy import Engine, Select, delete, or_, select, update
+from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.db import as_utc, dead_letters, from_timestamp, utcnow
@@ -204,7 +204,5 @@ def purge(
 
 
 def count(engine: Engine) -> int:
-    from sqlalchemy import func
-
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(dead_letters)).scalar_one())
