@@ -9,6 +9,7 @@ from typing import Any
 
 from redis import Redis
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 from rq import Queue, Worker
@@ -82,14 +83,19 @@ def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
     table = Table("id", "source", "event id", "type", "attempts", "died", "replayed", "reason")
     for r in rows:
         table.add_row(
-            str(r["id"]),
-            r["source"],
-            r["event_id"],
-            r["event_type"] or "-",
-            str(r["attempts"]),
-            _when(r["failed_at"]),
-            _when(r["replayed_at"]),
-            r["reason"],
+            *(
+                escape(str(v))
+                for v in (
+                    r["id"],
+                    r["source"],
+                    r["event_id"],
+                    r["event_type"] or "-",
+                    r["attempts"],
+                    _when(r["failed_at"]),
+                    _when(r["replayed_at"]),
+                    r["reason"],
+                )
+            )
         )
     console.print(table)
 
@@ -111,7 +117,8 @@ def dlq_get(settings: Settings, dead_letter_id: int) -> dict[str, Any] | None:
 
 
 def print_dlq_row(row: dict[str, Any]) -> None:
-    console.print(f"[bold]dead letter {row['id']}[/bold]: {row['source']} / {row['event_id']}")
+    title = escape(f"{row['id']}: {row['source']} / {row['event_id']}")
+    console.print(f"[bold]dead letter[/bold] {title}")
     for key in (
         "event_type",
         "reason",
@@ -123,7 +130,7 @@ def print_dlq_row(row: dict[str, Any]) -> None:
         "replays",
         "remote",
     ):
-        console.print(f"  {key}: {row[key]}")
+        console.print(f"  {key}: {row[key]}", markup=False)
     console.print("[bold]headers[/bold]")
     for name, value in row["headers"]:
         console.print(f"  {name}: {value}", markup=False)

@@ -201,3 +201,19 @@ def test_environment_overrides_and_secret_references(
     settings = load_settings()
     assert settings.redis_url == "redis://env:2/0"
     assert settings.sources["s"].scheme.config.secrets == ("from-env",)
+
+
+def test_dead_letters_with_markup_in_them_print_literally(
+    cli_env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    config = cli_env["config"]
+    invoke("db", "upgrade", "--config", config)
+    settings = runtime.configure(load_settings(config)).settings
+    (cli_env["state"] / "poison").write_text("")
+    deliver(redis_client, settings, "poison", body=b'{"id": "p-[/bold]", "type": "[red]"}')
+    run_worker(redis_client, settings)
+    listed = invoke("dlq", "list", "--config", config)
+    assert listed.exit_code == 0 and "[/bold]" in listed.output.replace("\n", "")
+    dl_id = json.loads(invoke("dlq", "list", "--config", config, "--json").output)[0]["id"]
+    shown = invoke("dlq", "show", str(dl_id), "--config", config)
+    assert shown.exit_code == 0 and "p-[/bold]" in shown.output
