@@ -94,6 +94,16 @@ def _wait(check: object, what: str, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the child: on Linux, get SIGTERM if `hookline dev` itself dies (even by kill -9),
+    so no Redis, ingress or worker is left behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Children:
     """Child processes stopped in reverse start order."""
 
@@ -103,7 +113,7 @@ class Children:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         # a process group of its own: Ctrl-C reaches only `hookline dev`, which then stops
         # the children in order (worker and ingress first, Redis last)
-        proc = subprocess.Popen(argv, env=env, process_group=0)
+        proc = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
         self.procs.append((name, proc))
         return proc
 

@@ -51,8 +51,15 @@ class Procs:
         return proc
 
     def stop_all(self) -> None:
+        """SIGTERM first (``hookline dev`` then stops its own children), SIGKILL after 15 s."""
         for proc in self.procs:
             if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
                 with suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)

@@ -298,3 +298,26 @@ def test_dev_runs_the_pipeline_and_stops_every_child_on_ctrl_c(tmp_path: Path) -
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} left running"
     with __import__("socket").socket() as s:
         assert s.connect_ex(("127.0.0.1", redis_port)) != 0
+
+
+def test_dev_killed_with_kill_9_leaves_no_child(tmp_path: Path) -> None:
+    # Given `hookline dev` running with its three children
+    redis_port, port = free_port(), free_port()
+    from hookline.dev import demo_config
+
+    (tmp_path / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
+    with processes() as procs:
+        dev = procs.start(
+            hookline("dev", "--port", str(port)), env_for(), tmp_path / "dev.log", cwd=tmp_path
+        )
+        log = tmp_path / "dev.log"
+        wait_until(lambda: "hookline is running" in log.read_text(), 60, "dev starting")
+        children = _children(dev.pid)
+        assert len(children) == 3
+        # When dev itself is killed with no chance to clean up
+        os.kill(dev.pid, signal.SIGKILL)
+        dev.wait(10)
+        # Then its children stop too (they asked the kernel for SIGTERM on their parent's death)
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 30, "children exit"
+        )

@@ -22,6 +22,7 @@ What RQ's defaults get wrong here, and what this changes:
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -230,13 +231,22 @@ def run(
             worker.work(with_scheduler=True, logging_level=rq_log_level)
             return
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            if worker._stop_requested or worker._shutdown_requested_date is not None:
+                return  # asked to stop: Redis being away is no reason to stay
             # RQ's loop gave up on Redis; wait for it and resume with a fresh registration
             log.warning("redis unavailable (%s); reconnecting", type(err).__name__)
             _wait_for_redis(connection)
             worker = EventWorker(queues, connection=connection, job_timeout=timeout)
 
 
+def _stop_waiting(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _wait_for_redis(connection: Redis) -> None:
+    """Until Redis answers; SIGTERM or SIGINT meanwhile ends the process (nothing is held)."""
+    signal.signal(signal.SIGTERM, _stop_waiting)
+    signal.signal(signal.SIGINT, _stop_waiting)
     while True:
         time.sleep(RECONNECT_SECONDS)
         try:
