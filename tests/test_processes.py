@@ -20,6 +20,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from hookline.dev import redis_server_binary
 from shared.config import load_settings
 from shared.db import dead_letters, make_engine, payments, webhook_events
 from shared.migrate import upgrade
@@ -30,7 +31,6 @@ from tests.processes import (
     hookline,
     http_ok,
     processes,
-    redis_server_binary,
     wait_until,
 )
 from tests.test_worker import deliver
