@@ -93,15 +93,21 @@ def parse_body(envelope: Envelope) -> Any:
     return parse_json(envelope.body)
 
 
+def event_type_of(envelope: Envelope, source: SourceSettings) -> str | None:
+    """The event's type where the source says, at most 255 characters; ``PayloadError`` when it
+    is text no database takes."""
+    if source.event_type is None:
+        return None
+    event_type = locate(source.event_type, CIMultiDict(envelope.headers), envelope.body)
+    if event_type is None:
+        return None
+    _check_text(event_type)
+    return event_type[:255]
+
+
 def to_event(envelope: Envelope, source: SourceSettings, attempt: int) -> Event:
-    headers = CIMultiDict(envelope.headers)
     data = parse_body(envelope)
-    event_type = None
-    if source.event_type is not None:
-        event_type = locate(source.event_type, headers, envelope.body)
-        if event_type is not None:
-            _check_text(event_type)
-            event_type = event_type[:255]
+    event_type = event_type_of(envelope, source)
     return Event(
         source=envelope.source,
         event_id=envelope.event_id,

@@ -20,10 +20,11 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from shared.envelope import Envelope
-from shared.errors import PermanentError
+from shared.errors import PayloadError, PermanentError
 from workers import deadletters
 from workers.deadletters import AttemptError
 from workers.effects import apply_event, apply_events
+from workers.parsing import event_type_of
 from workers.runtime import Runtime, current
 
 log = logging.getLogger("hookline.worker")
@@ -86,11 +87,14 @@ def process_batch(jobs: Sequence[Job]) -> list[str] | None:
     share = (time.perf_counter() - started) / len(items)
     for (envelope, attempt), outcome in zip(items, outcomes, strict=True):
         rt.metrics.handler_seconds.labels(envelope.source).observe(share)
-        rt.metrics.events.labels(envelope.source, outcome).inc()
-        log.info(
-            "event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, attempt
-        )
+        _applied(rt, envelope, attempt, outcome)
     return list(outcomes)
+
+
+def _applied(rt: Runtime, envelope: Envelope, attempt: int, outcome: str) -> None:
+    """The one line and the counter every applied event gets."""
+    rt.metrics.events.labels(envelope.source, outcome).inc()
+    log.info("event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, attempt)
 
 
 def process(envelope_data: dict[str, Any], job: Job | None) -> str:
@@ -104,12 +108,13 @@ def process(envelope_data: dict[str, Any], job: Job | None) -> str:
     try:
         outcome = apply_event(rt, envelope, attempt)
     except PermanentError as err:
-        _dead_letter(rt, job, envelope, attempt, err, permanent=True)
+        error = AttemptError(attempt, time.time(), describe(err), True)
+        _dead_letter(rt, job, envelope, error)
         return "dead_lettered"
     except Exception as err:
         error = AttemptError(attempt, time.time(), describe(err), False)
         if is_last_attempt(job):
-            _dead_letter(rt, job, envelope, attempt, err, permanent=False)
+            _dead_letter(rt, job, envelope, error)
         else:
             remember_error(job, error)
             metrics.events.labels(envelope.source, "retried").inc()
@@ -123,35 +128,21 @@ def process(envelope_data: dict[str, Any], job: Job | None) -> str:
         raise
     finally:
         metrics.handler_seconds.labels(envelope.source).observe(time.perf_counter() - started)
-    metrics.events.labels(envelope.source, outcome).inc()
-    log.info("event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, attempt)
+    _applied(rt, envelope, attempt, outcome)
     return outcome
 
 
-def _dead_letter(
-    rt: Runtime,
-    job: Job | None,
-    envelope: Envelope,
-    attempt: int,
-    err: BaseException,
-    *,
-    permanent: bool,
-) -> None:
-    errors = [*past_errors(job), AttemptError(attempt, time.time(), describe(err), permanent)]
-    event_type = None
+def _dead_letter(rt: Runtime, job: Job | None, envelope: Envelope, error: AttemptError) -> None:
+    """Write the event's dead letter with every attempt's error, the last one ``error`` (whose
+    ``permanent`` says why it died)."""
+    errors = [*past_errors(job), error]
     source = rt.settings.sources.get(envelope.source)
-    if source is not None and source.event_type is not None:
-        from multidict import CIMultiDict
-
-        from shared.locators import locate
-
-        event_type = locate(source.event_type, CIMultiDict(envelope.headers), envelope.body)
+    try:
+        event_type = event_type_of(envelope, source) if source is not None else None
+    except PayloadError:  # a type no database takes: the dead letter goes without it
+        event_type = None
     deadletters.record(
-        rt.engine,
-        envelope,
-        event_type=event_type and event_type[:255],
-        errors=errors,
-        permanent=permanent,
+        rt.engine, envelope, event_type=event_type, errors=errors, permanent=error.permanent
     )
     rt.metrics.events.labels(envelope.source, "dead_lettered").inc()
     log.error(
@@ -159,7 +150,7 @@ def _dead_letter(
         envelope.source,
         envelope.event_id,
         len(errors),
-        errors[-1].error,
+        error.error,
     )
 
 
@@ -182,9 +173,7 @@ def dead_letter_abandoned(job: Job) -> None:
     except Exception:
         return
     if is_last_attempt(job):
-        errors = [*past_errors(job), error]
-        deadletters.record(rt.engine, envelope, event_type=None, errors=errors, permanent=False)
-        rt.metrics.events.labels(envelope.source, "dead_lettered").inc()
+        _dead_letter(rt, job, envelope, error)
     else:
         remember_error(job, error)
         rt.metrics.events.labels(envelope.source, "retried").inc()
