@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 from rq import Queue, Worker
+from sqlalchemy import Engine
 
 from shared.config import Settings
 from shared.db import make_engine
@@ -22,15 +24,27 @@ from workers import deadletters
 console = Console()
 
 
-def _redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+@contextmanager
+def _redis(settings: Settings) -> Iterator[Redis]:
+    client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextmanager
+def _engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
-    redis = _redis(settings)
-    queue = Queue(settings.queue, connection=redis)
-    engine = make_engine(settings.database_url)
-    try:
+    with _redis(settings) as redis, _engine(settings) as engine:
+        queue = Queue(settings.queue, connection=redis)
         workers = Worker.all(queue=queue)
         # raw counts: RQ's registry.count would run a cleanup as a side effect
         return {
@@ -43,9 +57,6 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             "workers_alive": len(workers),
             "workers": [{"name": w.name, "state": w.get_state()} for w in workers],
         }
-    finally:
-        engine.dispose()
-        redis.close()
 
 
 def print_status(data: dict[str, Any]) -> None:
@@ -65,11 +76,8 @@ def print_status(data: dict[str, Any]) -> None:
 def dlq_list_rows(
     settings: Settings, source: str | None, limit: int, older_than: float | None = None
 ) -> list[dict[str, Any]]:
-    engine = make_engine(settings.database_url)
-    try:
+    with _engine(settings) as engine:
         return deadletters.list_rows(engine, source=source, limit=limit, older_than_days=older_than)
-    finally:
-        engine.dispose()
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -101,11 +109,8 @@ def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def dlq_get(settings: Settings, dead_letter_id: int) -> dict[str, Any] | None:
-    engine = make_engine(settings.database_url)
-    try:
+    with _engine(settings) as engine:
         row = deadletters.get_row(engine, dead_letter_id)
-    finally:
-        engine.dispose()
     if row is None:
         return None
     body: bytes = row.pop("body")
@@ -143,34 +148,28 @@ def print_dlq_row(row: dict[str, Any]) -> None:
 
 
 def dlq_replay(settings: Settings, ids: Sequence[int] | None, source: str | None) -> None:
-    engine = make_engine(settings.database_url)
-    redis = _redis(settings)
     done = 0
+    todo: list[int] = []
     try:
-        todo = deadletters.replay_ids(engine, ids, source)
-        if ids is not None and len(todo) < len(set(ids)):
-            missing = sorted(set(ids) - set(todo))
-            console.print(f"no dead letter with id {', '.join(map(str, missing))}")
-        spec = JobSpec.from_settings(settings)
-        with Progress(console=console, transient=False) as progress:
-            task = progress.add_task("replaying", total=len(todo))
-            for _ in deadletters.replay(engine, redis, spec, todo):
-                done += 1
-                progress.advance(task)
+        with _engine(settings) as engine, _redis(settings) as redis:
+            todo = deadletters.replay_ids(engine, ids, source)
+            if ids is not None and len(todo) < len(set(ids)):
+                missing = sorted(set(ids) - set(todo))
+                console.print(f"no dead letter with id {', '.join(map(str, missing))}")
+            spec = JobSpec.from_settings(settings)
+            with Progress(console=console, transient=False) as progress:
+                task = progress.add_task("replaying", total=len(todo))
+                for _ in deadletters.replay(engine, redis, spec, todo):
+                    done += 1
+                    progress.advance(task)
     except KeyboardInterrupt:
         console.print(f"interrupted: replayed {done} of {len(todo)}; run again to send the rest")
         raise SystemExit(130) from None
-    finally:
-        engine.dispose()
-        redis.close()
     console.print(f"replayed {done} dead letter(s)")
 
 
 def dlq_purge(
     settings: Settings, ids: Sequence[int] | None, older_than: float | None, source: str | None
 ) -> int:
-    engine = make_engine(settings.database_url)
-    try:
+    with _engine(settings) as engine:
         return deadletters.purge(engine, ids, older_than_days=older_than, source=source)
-    finally:
-        engine.dispose()
