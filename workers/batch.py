@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from workers import tasks
 
@@ -80,10 +82,6 @@ return taken
 """
 
 
-def _utc_text() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-
-
 class BatchRunner:
     """Runs batches for one worker and one queue."""
 
@@ -110,7 +108,7 @@ class BatchRunner:
         score = time.time() + self.max_timeout + HEARTBEAT_MARGIN_SECONDS
         reply = self.take(
             keys=[self.queue.key, self.queue.intermediate_queue.key, self.registry.key],
-            args=[BATCH_SIZE, score, self.worker.name, _utc_text(), *already_moved],
+            args=[BATCH_SIZE, score, self.worker.name, utcformat(rq_now()), *already_moved],
         )
         pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
         if not pairs:
