@@ -29,8 +29,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from hookline import Event, on
 from shared.errors import PayloadError
-from workers import Event, on
 from workers.builtin import moncash as builtin_moncash
 
 STATE_ENV = "HOOKLINE_CHAOS_STATE"

@@ -92,6 +92,3 @@ class PermanentError(EventError):
 class PayloadError(PermanentError):
     """The body cannot be parsed into an event (bad JSON, nesting too deep, missing fields)."""
 
-
-class TransientError(EventError):
-    """A failure worth retrying with backoff (a handler may raise it explicitly)."""

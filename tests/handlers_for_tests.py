@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from hookline import Event, on
 from shared.errors import PayloadError
-from workers import Event, on
 from workers.payments import record_payment
 
 

@@ -37,14 +37,7 @@ _current: Runtime | None = None
 def configure(settings: Settings, engine: Engine | None = None) -> Runtime:
     """Load handler modules and open the engine; replaces any earlier runtime."""
     global _current
-    # handler modules usually live beside the configuration, as `python -m` would find them
-    if settings.worker.handlers and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for module in settings.worker.handlers:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ConfigError(f"worker.handlers: cannot import {module!r}: {err}") from err
+    load_handlers(settings)
     if settings.worker.builtin_handlers and not REGISTRY.by_scheme:
         builtin.register(REGISTRY)
     with _lock:
@@ -61,6 +54,31 @@ def configure(settings: Settings, engine: Engine | None = None) -> Runtime:
             metrics=_current.metrics if _current else WorkerMetrics.create(),
         )
         return _current
+
+
+def load_handlers(settings: Settings) -> None:
+    """Import the handler modules of ``[worker] handlers``. A module that fails to import, for
+    whatever reason (a missing module, a syntax or indentation error, an exception raised at
+    import), is a ``ConfigError`` naming the module and the error in one line, so
+    ``hookline worker`` and ``hookline dev`` stop with that line instead of a traceback."""
+    # handler modules usually live beside the configuration (or the current directory), as
+    # `python -m` would find them
+    folders = [os.getcwd()] + ([str(settings.path.resolve().parent)] if settings.path else [])
+    for folder in folders:
+        if settings.worker.handlers and folder not in sys.path:
+            sys.path.insert(0, folder)
+    for module in settings.worker.handlers:
+        try:
+            importlib.import_module(module)
+        except Exception as err:
+            raise ConfigError(
+                f"worker.handlers: cannot import {module!r}: {_one_line(err)}"
+            ) from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 def current() -> Runtime:
