@@ -283,11 +283,29 @@ def test_stripe_independent_vector_and_rollover() -> None:
     assert scheme.sign(GENERIC_BODY, NOW) == {"Stripe-Signature": f"t=1700000000,v1={good}"}
 
 
+def test_stripe_skips_a_v1_entry_that_is_not_hex() -> None:
+    # stripe-python's own case: a good v1 beside "v1=bad_signature" verifies by the good one
+    good = hmac_hex("first-secret", b"1700000000." + GENERIC_BODY)
+    scheme = make("stripe")
+    for header in (
+        f"t=1700000000,v1={good},v1=bad_signature",
+        f"t=1700000000,v1=bad_signature,v1={good}",
+        f"t=1700000000,v1=,v1=abc,v1={good}",  # empty and odd-length hex are junk too
+    ):
+        scheme.verify(hdrs({"Stripe-Signature": header}), GENERIC_BODY, NOW)
+    # skipping junk never makes a forgery pass: the remaining v1 must still match
+    forged = f"t=1700000000,v1={'ab' * 32},v1=bad_signature"
+    with pytest.raises(InvalidSignature, match="does not match"):
+        scheme.verify(hdrs({"Stripe-Signature": forged}), GENERIC_BODY, NOW)
+
+
 @pytest.mark.parametrize(
     "header",
     [
         "t=1700000000",  # no v1
         "t=1700000000,v0=" + "ab" * 32,  # only other schemes
+        "t=1700000000,v1=bad_signature",  # no well-formed v1 left once the junk is skipped
+        "t=1700000000,v1=bad_signature,v0=" + "ab" * 32,  # ditto, beside another scheme
         "t=1700000000,t=1700000000,v1=" + "ab" * 32,  # two timestamps
         "v1=" + "ab" * 32,  # no timestamp
         "t=1700000000,garbage,v1=" + "ab" * 32,  # item without "="
@@ -297,6 +315,14 @@ def test_stripe_independent_vector_and_rollover() -> None:
 def test_stripe_malformed_headers(header: str) -> None:
     with pytest.raises(InvalidSignature):
         make("stripe").verify(hdrs({"Stripe-Signature": header}), GENERIC_BODY, NOW)
+
+
+def test_stripe_no_hex_v1_is_reported_as_such() -> None:
+    # the whole-header rejection now comes from "no v1 left", not from decoding the first junk
+    with pytest.raises(InvalidSignature, match="at least one hex v1"):
+        make("stripe").verify(
+            hdrs({"Stripe-Signature": "t=1700000000,v1=zz,v1=bad_signature"}), GENERIC_BODY, NOW
+        )
 
 
 def test_slack_independent_vector() -> None:

@@ -1,10 +1,13 @@
 """Stripe: ``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`` over ``"{t}." + body``.
 
 Several ``v1`` entries appear while a secret is being rolled; other schemes (``v0``, the test
-mode signature) are ignored as Stripe's own libraries do.
+mode signature) are ignored as Stripe's own libraries do, and so is a ``v1`` value that is not
+hex (stripe-python verifies ``t=...,v1=<good>,v1=bad_signature`` by its good entry).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from shared.errors import InvalidSignature
 from shared.signatures.base import (
@@ -40,7 +43,8 @@ class StripeScheme(Scheme):
 
 
 def _parse(value: str) -> tuple[str, list[bytes]]:
-    """Exactly one ``t``, at least one ``v1``; an item without ``=`` is malformed."""
+    """Exactly one ``t``, at least one well-formed (hex) ``v1``; an item without ``=`` is
+    malformed. A ``v1`` that is not hex is skipped: it could never match anyway."""
     items = value.split(",")
     if len(items) > MAX_ITEMS:
         raise InvalidSignature("too many items in Stripe-Signature")
@@ -53,9 +57,10 @@ def _parse(value: str) -> tuple[str, list[bytes]]:
         if key == "t":
             stamps.append(val)
         elif key == "v1":
-            signatures.append(decode_hex(val))
+            with contextlib.suppress(InvalidSignature):
+                signatures.append(decode_hex(val))
     if len(stamps) != 1 or not signatures:
-        raise InvalidSignature("Stripe-Signature needs one t and at least one v1")
+        raise InvalidSignature("Stripe-Signature needs one t and at least one hex v1")
     return stamps[0], signatures
 
 
