@@ -533,7 +533,37 @@ def test_bad_options_are_config_errors(name: str, options: dict[str, Any], key: 
 
 
 @pytest.mark.parametrize(
-    "secret", ["whsec_not*base64!", "whsec_", "whsec_abc", "whsec_ bWVo", "whsec_é", "plain text"]
+    "key", [b"first standard-webhooks key 0001", b"a 31-byte key, 2 padding chars!"]
+)
+def test_standard_webhooks_secret_without_padding(key: bytes) -> None:
+    # the reference library pads before decoding; some dashboards and copies drop the "="
+    padded = base64.b64encode(key).decode()
+    assert padded.endswith("=")
+    unpadded = "whsec_" + padded.rstrip("=")
+    body = GENERIC_BODY
+    digest = hmac.new(key, b"msg_1.1700000000." + body, "sha256").digest()
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+    scheme = make("standard-webhooks", secrets=(unpadded,))
+    scheme.verify(hdrs(headers), body, NOW)
+    bare = make("standard-webhooks", secrets=(padded.rstrip("="),))
+    assert bare.sign(body, NOW, event_id="msg_1") == headers
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_not*base64!",
+        "whsec_",
+        "whsec_abcde",  # 5 characters: base64 neither with nor without padding
+        "whsec_abc==",  # wrong padding is not "missing" padding
+        "whsec_ bWVo",
+        "whsec_é",
+        "plain text",
+    ],
 )
 def test_standard_webhooks_invalid_secret(secret: str) -> None:
     with pytest.raises(ConfigError, match="'test'") as err:

@@ -1,7 +1,8 @@
 """Standard Webhooks (and Svix, its origin): ``webhook-id``, ``webhook-timestamp`` and
 ``webhook-signature: v1,<base64> [v1,<base64> ...]`` over ``"{id}.{timestamp}." + body``.
 
-The secret is ``whsec_<base64 key>``; the HMAC key is the decoded bytes, not the text.
+The secret is ``whsec_<base64 key>``; the HMAC key is the decoded bytes, not the text. The
+base64 may lack its ``=`` padding: the reference libraries pad it before decoding, and so do we.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ class StandardWebhooksScheme(Scheme):
 
 
 def _decode_secret(source: str, secret: str) -> bytes:
-    """``whsec_<base64>`` or bare base64 → key bytes; anything else is a configuration error."""
+    """``whsec_<base64>`` or bare base64, padded or not → key bytes; anything else is a
+    configuration error."""
+    encoded = secret.removeprefix("whsec_")
+    encoded += "=" * (-len(encoded) % 4)  # the padding some dashboards and copies drop
     try:
-        key = base64.b64decode(secret.removeprefix("whsec_").encode("ascii"), validate=True)
+        key = base64.b64decode(encoded.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         key = b""
     if not key:
