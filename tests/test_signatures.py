@@ -577,6 +577,20 @@ def test_empty_secret_is_config_error() -> None:
         make("github", secrets=("good", ""))
 
 
+@pytest.mark.parametrize("blank", ["   ", "\t", "\n", " \t\r\n ", "\u00a0"])
+@pytest.mark.parametrize("name", NEEDS_SECRET)
+def test_blank_secret_is_config_error_naming_the_source(name: str, blank: str) -> None:
+    with pytest.raises(ConfigError, match=r"^source 'test': a secret is empty or blank$"):
+        make(name, secrets=(*secrets_for(name)[:1], blank))
+
+
+def test_blank_secret_in_the_configuration_names_the_source_only() -> None:
+    sources = {"shop": {"scheme": "shopify", "secrets": ["\t"]}}
+    with pytest.raises(ConfigError) as err:
+        make_settings(sources=sources)
+    assert str(err.value) == "source 'shop': a secret is empty or blank"
+
+
 # -- hostile input: every scheme, the same inputs ----------------------------------------------
 
 PASS = "pass"

@@ -68,8 +68,10 @@ class Scheme(ABC):
         if self.needs_secret and not config.secrets:
             raise ConfigError(f"source {config.source!r}: scheme {self.name!r} needs a secret")
         for secret in config.secrets:
-            if not secret:
-                raise ConfigError(f"source {config.source!r}: a secret is empty")
+            # a blank secret is a mistake (a value copied as spaces or a newline), never a key;
+            # the message never echoes the secret itself
+            if not secret.strip():
+                raise ConfigError(f"source {config.source!r}: a secret is empty or blank")
 
     def sensitive(self) -> frozenset[str]:
         """Lower-case names of the headers that must never be logged or stored in clear."""
