@@ -1,8 +1,9 @@
 """The aiohttp application: ``POST /webhooks/{source}``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 The request flow, in order: source known (404) -> body within the limit (413) and read within
-the time limit -> source address allowed (403) -> signature (401) -> event id found (400) ->
-claim and enqueue in one Redis script (202 accepted / 200 duplicate / 503 when Redis is away).
+the time limit -> source address allowed (403) -> signature (401) -> a provider's setup
+handshake, answered at once (200) -> event id found (400) -> claim and enqueue in one Redis
+script (202 accepted / 200 duplicate / 503 when Redis is away).
 Request errors map to answers in one place, :func:`_reject`.
 """
 
@@ -130,6 +131,11 @@ async def receive(request: web.Request) -> web.Response:
     body = await read_body(request, settings.ingest)
     now = time.time()
     source.scheme.verify(request.headers, body, now)
+    answer = source.scheme.handshake(body)
+    if answer is not None:
+        # the provider checking the endpoint (Slack's url_verification): no event, nothing queued
+        log.info("handshake answered for %s", source.name)
+        return web.json_response(answer, status=200)
     event_id = _event_id(request, source, body)
     envelope = Envelope(
         source=source.name,

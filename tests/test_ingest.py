@@ -212,6 +212,65 @@ async def test_event_id_missing_where_the_source_says_is_400(
     assert queued_jobs(redis_client) == []
 
 
+SLACK_CHALLENGE = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+
+
+def url_verification(challenge: Any = SLACK_CHALLENGE) -> bytes:
+    """Slack's Events API handshake: signed like any request, with no event_id."""
+    doc = {"token": "Jhj5dZrVaK7ZwHHjRyZWjbDl", "challenge": challenge, "type": "url_verification"}
+    return json.dumps(doc).encode()
+
+
+def nothing_queued(redis_client: redis.Redis, queue: str = "hookline") -> bool:
+    """No job id on the queue, no job hash and no claim."""
+    return (
+        redis_client.llen(keys.queue_key(queue)) == 0
+        and list(redis_client.scan_iter(keys.job_key("*"))) == []
+        and list(redis_client.scan_iter(keys.CLAIM + "*")) == []
+    )
+
+
+async def test_slack_url_verification_is_answered_with_its_challenge_and_queues_nothing(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given Slack checking a new request URL with a signed url_verification
+    body, headers, _ = signed(settings, "slack", body=url_verification())
+    # When it is posted
+    resp = await client.post("/webhooks/slack", data=body, headers=headers)
+    # Then the challenge comes back as JSON, as Slack requires, and nothing is queued
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.json() == {"challenge": SLACK_CHALLENGE}
+    assert nothing_queued(redis_client)
+
+
+async def test_forged_or_unsigned_url_verification_is_401(
+    client: TestClient, settings: Settings, redis_client: redis.Redis
+) -> None:
+    body, headers, _ = signed(settings, "slack", body=url_verification())
+    forged = {**headers, "X-Slack-Signature": headers["X-Slack-Signature"][:-2] + "00"}
+    if forged == headers:
+        forged["X-Slack-Signature"] = headers["X-Slack-Signature"][:-2] + "11"
+    assert await post(client, "slack", body, forged) == (401, {"error": "invalid_signature"})
+    assert await post(client, "slack", body, {}) == (401, {"error": "missing_signature"})
+    stale, stale_headers, _ = signed(settings, "slack", now=time.time() - 3600, body=body)
+    assert await post(client, "slack", stale, stale_headers) == (
+        401,
+        {"error": "stale_timestamp"},
+    )
+    assert nothing_queued(redis_client)
+
+
+@pytest.mark.parametrize("challenge", [42, None, ["x"], {"a": "b"}, "", "c" * 1001])
+async def test_url_verification_with_an_unusable_challenge_is_an_ordinary_event(
+    client: TestClient, settings: Settings, redis_client: redis.Redis, challenge: Any
+) -> None:
+    # an authentic body that is not a handshake we answer: it has no event_id, so it is a 400
+    body, headers, _ = signed(settings, "slack", body=url_verification(challenge))
+    assert await post(client, "slack", body, headers) == (400, {"error": "event_id_not_found"})
+    assert nothing_queued(redis_client)
+
+
 async def test_event_id_override_from_a_header(aiohttp_client: Any, redis_url: str) -> None:
     sources = {"hmac": {**SOURCES["hmac"], "event_id": "header:X-Request-Id"}}
     settings = make_settings(redis_url, sources=sources)

@@ -331,6 +331,64 @@ def test_slack_independent_vector() -> None:
     make("slack").verify(hdrs(headers), GENERIC_BODY, NOW)
 
 
+# Slack's url_verification as its Events API documentation shows it
+SLACK_CHALLENGE = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+
+
+def url_verification(challenge: Any = SLACK_CHALLENGE, **extra: Any) -> bytes:
+    doc = {"token": "Jhj5dZrVaK7ZwHHjRyZWjbDl", "challenge": challenge, "type": "url_verification"}
+    return json.dumps({**doc, **extra}).encode()
+
+
+def test_slack_url_verification_is_a_handshake() -> None:
+    scheme = make("slack")
+    assert scheme.handshake(url_verification()) == {"challenge": SLACK_CHALLENGE}
+    assert scheme.handshake(url_verification("c" * 1000)) == {"challenge": "c" * 1000}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        GENERIC_BODY,  # an ordinary event
+        json.dumps({"type": "event_callback", "challenge": "x", "event_id": "Ev1"}).encode(),
+        url_verification(42),
+        url_verification(None),
+        url_verification(["a"]),
+        url_verification({"a": "b"}),
+        url_verification(True),
+        url_verification(""),
+        url_verification("c" * 1001),  # longer than any challenge Slack sends
+        json.dumps({"type": "url_verification"}).encode(),  # no challenge at all
+        json.dumps({"type": ["url_verification"], "challenge": "x"}).encode(),
+        json.dumps([{"type": "url_verification", "challenge": "x"}]).encode(),
+        b"type=url_verification&challenge=x",  # form-encoded: Slack sends JSON
+        b"",
+        b"\xff\xfe{}",
+        b"[" * 100_000,
+        b'{"type": "url_verification", "challenge": "x", "n": ' + b"9" * 5000 + b"}",
+    ],
+)
+def test_slack_anything_else_is_not_a_handshake(body: bytes) -> None:
+    assert make("slack").handshake(body) is None
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEMES) - {"slack"}))
+def test_no_other_scheme_has_a_handshake(name: str) -> None:
+    # GitHub's ping, Stripe's, Shopify's and Standard Webhooks' test events are ordinary events
+    # with ids; the other providers document no endpoint check at all
+    scheme = make(name, secrets=None if name != "ip-allowlist" else ())
+    assert scheme.handshake(url_verification()) is None
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+@settings(max_examples=100, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300), st.builds(url_verification, st.text(max_size=50))))
+def test_handshake_never_raises(name: str, body: bytes) -> None:
+    scheme = make(name, secrets=None if name != "ip-allowlist" else ())
+    answer = scheme.handshake(body)
+    assert answer is None or set(answer) == {"challenge"}
+
+
 def test_shopify_independent_vector() -> None:
     digest = hmac.new(b"first-secret", GENERIC_BODY, "sha256").digest()
     headers = {"X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode()}

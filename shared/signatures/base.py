@@ -2,8 +2,9 @@
 
 A scheme is a small class: ``verify`` raises one of our :class:`~shared.errors.SignatureError`
 subclasses or returns, ``sign`` produces the headers a provider would send (so tests and
-``hookline send`` sign with real code). Every parsing step goes through the helpers here, which
-turn malformed input into our own errors: no stray ``ValueError`` may escape into the ingress.
+``hookline send`` sign with real code), and the optional ``handshake`` answers a provider's
+endpoint check. Every parsing step goes through the helpers here, which turn malformed input
+into our own errors: no stray ``ValueError`` may escape into the ingress.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -85,6 +87,18 @@ class Scheme(ABC):
     def sign(self, body: bytes, now: float, event_id: str | None = None) -> dict[str, str]:
         """The headers the provider would send for ``body`` at ``now`` with the first secret."""
 
+    def handshake(self, body: bytes) -> dict[str, str] | None:
+        """The answer to the provider's setup handshake, or ``None``: not a handshake.
+
+        Some providers prove an endpoint before sending it events (Slack's ``url_verification``
+        echoes a challenge). The ingress calls this only after :meth:`verify` has accepted the
+        request and before it looks for the event id; a mapping is answered as JSON with
+        ``200`` and nothing is queued. ``body`` is authentic but otherwise arbitrary: parse it
+        with :func:`json_object` and answer ``None`` for anything unexpected, never raise. The
+        default: no handshake.
+        """
+        return None
+
     # -- helpers shared by the schemes -------------------------------------------------------
 
     def option(self, key: str, default: Any = None) -> Any:
@@ -152,6 +166,15 @@ def decode_b64(value: str) -> bytes:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as err:
         raise InvalidSignature("signature is not base64") from err
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or ``None`` for anything else (never raises)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def hmac_digest(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:

@@ -1,4 +1,9 @@
-"""Slack: ``X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:{timestamp}:" + body>``."""
+"""Slack: ``X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:{timestamp}:" + body>``.
+
+When an Events API request URL is set, Slack first sends a signed
+``{"type": "url_verification", "token": ..., "challenge": ...}`` with no ``event_id`` and
+expects the challenge back; :meth:`SlackScheme.handshake` answers it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,15 @@ from shared.signatures.base import (
     Scheme,
     decode_hex,
     hmac_digest,
+    json_object,
     secret_bytes,
     single_header,
 )
 
 SIGNATURE = "X-Slack-Signature"
 TIMESTAMP = "X-Slack-Request-Timestamp"
+#: Slack's challenges are a few dozen characters; anything longer is not echoed
+MAX_CHALLENGE = 1000
 
 
 class SlackScheme(Scheme):
@@ -37,6 +45,17 @@ class SlackScheme(Scheme):
         stamp = str(int(now))
         digest = _digest(self.config.secrets[0], stamp, body)
         return {TIMESTAMP: stamp, SIGNATURE: "v0=" + digest.hex()}
+
+    def handshake(self, body: bytes) -> dict[str, str] | None:
+        """``{"challenge": ...}`` for a ``url_verification`` whose challenge is a non-empty
+        string of at most ``MAX_CHALLENGE`` characters; anything else is an ordinary event."""
+        doc = json_object(body)
+        if doc is None or doc.get("type") != "url_verification":
+            return None
+        challenge = doc.get("challenge")
+        if not isinstance(challenge, str) or not 0 < len(challenge) <= MAX_CHALLENGE:
+            return None
+        return {"challenge": challenge}
 
 
 def _digest(secret: str, stamp: str, body: bytes) -> bytes:
