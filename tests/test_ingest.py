@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import socket
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from rq import Queue
 
-from ingest.app import SERVER_OPTIONS, create_app
+from ingest.app import JOB_SPEC, SERVER_OPTIONS, create_app
 from shared import keys
 from shared.config import Settings
 from shared.envelope import REDACTED
@@ -304,6 +307,30 @@ async def test_oversized_chunked_body_is_413(aiohttp_client: Any, redis_url: str
     assert resp.status == 413
 
 
+async def _chunks(body: bytes, size: int = 300) -> AsyncIterator[bytes]:
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
+async def test_chunked_body_one_byte_over_the_limit_is_413_and_at_the_limit_202(
+    aiohttp_client: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 1000})
+    client = await aiohttp_client(create_app(settings))
+    # a body of limit + 1 bytes, without Content-Length, authentic in full
+    over, over_headers, _ = signed(settings, "github", body=b"y" * 1001)
+    resp = await client.post("/webhooks/github", data=_chunks(over), headers=over_headers)
+    assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in resp.request_info.headers
+    assert (resp.status, await resp.json()) == (413, {"error": "body_too_large"})
+    assert nothing_queued(redis_client)
+    # and exactly the limit, chunked, is read whole and accepted
+    at, at_headers, _ = signed(settings, "github", body=b"z" * 1000)
+    resp = await client.post("/webhooks/github", data=_chunks(at), headers=at_headers)
+    assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+    assert resp.status == 202, await resp.text()
+
+
 async def test_body_at_the_limit_is_accepted(aiohttp_client: Any, redis_url: str) -> None:
     settings = make_settings(redis_url, ingest={"max_body_bytes": 1000})
     client = await aiohttp_client(create_app(settings))
@@ -338,16 +365,78 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(
     assert (await post(c2, "ip-allowlist", b'{"id":"b"}', forged))[0] == 403
 
 
-@pytest.fixture
-async def live_port(redis_url: str) -> Any:
-    """The ingress served as ``hookline serve`` serves it (same server options)."""
-    settings = make_settings(redis_url, ingest={"read_timeout_seconds": 1})
+async def test_forwarded_for_from_a_peer_that_is_not_a_trusted_proxy_is_ignored(
+    aiohttp_client: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given proxies are trusted, but the peer (127.0.0.1) is not one of them
+    sources = {"ip-allowlist": {**SOURCES["ip-allowlist"], "allowed_ips": ["51.138.206.200"]}}
+    settings = make_settings(redis_url, sources=sources, ingest={"trusted_proxies": ["10.0.0.0/8"]})
+    client = await aiohttp_client(create_app(settings))
+    # When it claims to forward an allowed address, Then its claim is not believed
+    xff = {"X-Forwarded-For": "51.138.206.200"}
+    assert await post(client, "ip-allowlist", b'{"id":"a"}', xff) == (
+        403,
+        {"error": "ip_not_allowed"},
+    )
+    assert nothing_queued(redis_client)
+
+
+async def test_failure_of_the_claim_itself_takes_the_job_back_off_the_queue(
+    aiohttp_client: Any, settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given a claim that Redis refuses to write: SET ... EX 0 is an error, and it is the
+    # script's last step, after the job hash, the queues set and the push onto the queue
+    # (the configuration refuses a TTL of 0, so the app's JobSpec is changed directly)
+    app = create_app(settings)
+    app[JOB_SPEC] = dataclasses.replace(app[JOB_SPEC], claim_ttl_seconds=0)
+    client = await aiohttp_client(app)
+    body, headers, _ = signed(settings, "moncash", n=8)
+    # Then the answer is 503, and the undo left no job id on the queue, no job and no claim
+    assert await post(client, "moncash", body, headers) == (503, {"error": "unavailable"})
+    assert nothing_queued(redis_client)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[int]:
+    """The ingress served as ``hookline serve`` serves it (same server options); its port."""
     runner = web.AppRunner(create_app(settings), **SERVER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield runner.addresses[0][1]
-    await runner.cleanup()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def live_port(redis_url: str) -> AsyncIterator[int]:
+    async with serving(make_settings(redis_url, ingest={"read_timeout_seconds": 1})) as port:
+        yield port
+
+
+async def test_declared_length_over_the_limit_is_413_at_once_without_the_body(
+    redis_url: str,
+) -> None:
+    # Given a client that declares limit + 1 bytes and then sends nothing
+    settings = make_settings(redis_url, ingest={"max_body_bytes": 1000, "read_timeout_seconds": 3})
+    async with serving(settings) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            started = time.monotonic()
+            writer.write(
+                b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n"
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            elapsed = time.monotonic() - started
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    # Then it is answered 413 by the declared size alone, not 408 after waiting for the body
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert elapsed < settings.ingest.read_timeout_seconds / 3, elapsed
 
 
 async def test_trickled_body_is_dropped(live_port: int) -> None:
