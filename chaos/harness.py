@@ -342,7 +342,7 @@ class Harness:
             conn.execute(text(EFFECTS_TABLE_DDL))
             conn.execute(
                 text(
-                    "TRUNCATE webhook_events, payments, dead_letters, chaos_effects"
+                    "TRUNCATE event_bodies, webhook_events, payments, dead_letters, chaos_effects"
                     " RESTART IDENTITY"
                 )
             )

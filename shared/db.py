@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -35,6 +36,7 @@ metadata = MetaData(
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     }
 )
 
@@ -47,11 +49,38 @@ webhook_events = Table(
     Column("source", String(64), nullable=False),
     Column("event_id", String(255), nullable=False),
     Column("event_type", String(255)),
-    Column("status", String(16), nullable=False),  # processed | ignored
+    # processed | ignored (no handler) | dead (dead-lettered: see dead_letters)
+    Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # when the worker finished it: processed, ignored or dead-lettered
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    Column("remote", String(64)),
+    # the failed attempts before this outcome: [{"attempt", "at", "error", "permanent"}...]
+    Column("errors", JSON(none_as_null=True)),
     UniqueConstraint("source", "event_id"),
+    # the event log's filters, each newest first (keyset pagination on id)
+    Index(None, "source", "id"),
+    Index(None, "status", "id"),
+    Index(None, "event_type", "id"),
+    Index(None, "received_at"),
+)
+
+#: the event log's bodies: one row per processed or ignored event while ``[archive]
+#: retention_days`` keeps it (the bodies of dead events stay in ``dead_letters``). A table of its
+#: own so listing events never reads a body and old bodies go by deleting rows in chunks.
+event_bodies = Table(
+    "event_bodies",
+    metadata,
+    Column(
+        "event_pk",
+        _ID,
+        ForeignKey("webhook_events.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("headers", JSON, nullable=False),  # [[name, value], ...] with signatures redacted
+    Column("body", LargeBinary, nullable=False),
 )
 
 payments = Table(
@@ -91,6 +120,8 @@ dead_letters = Table(
     Column("replays", Integer, nullable=False, default=0),
     UniqueConstraint("source", "event_id"),
     Index(None, "failed_at"),
+    # ids are never reused on SQLite either: an operator's "dlq replay 7" always means one event
+    sqlite_autoincrement=True,
 )
 
 

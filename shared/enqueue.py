@@ -1,19 +1,19 @@
 """Claim an event id and queue its job as one atomic step.
 
-The claim (``SET NX EX``) and the RQ enqueue (job hash, ``rq:queues``, ``RPUSH``) run in one
+The claim (``SET NX EX``) and the RQ enqueue (job hash, the queues set, ``RPUSH``) run in one
 Lua script, so no client crash or dropped connection can leave an event claimed but not queued
 (which would turn the provider's retry into a silent "duplicate" and lose the event), and two
 simultaneous deliveries cannot both be queued: Redis runs one script at a time.
 
 Redis does not roll a script back when a command in it fails, so every write goes through
 ``redis.pcall`` and a failure undoes what the script wrote before it. The claim is written last.
-The job is an ordinary RQ job, built by RQ's own :class:`rq.job.Job`, so ``rq info``, the
-workers and RQ's registries understand it.
+The job is an ordinary RQ job: its hash is the one RQ's own ``Queue.enqueue_job`` writes (see
+:func:`shared.rqcompat.queued_job_fields`), so ``rq info``, the workers and RQ's registries
+understand it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 import random
@@ -21,22 +21,22 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from redis import Redis
 from rq.callbacks import Callback
 from rq.job import Job, JobStatus, Retry
-from rq.serializers import DefaultSerializer
-from rq.utils import utcformat
+from rq.utils import now, utcformat
 
 from shared import keys
 from shared.config import Settings
 from shared.envelope import Envelope
+from shared.rqcompat import PER_EVENT_FIELDS, JobSerializer, queued_job_fields
 
 CLAIM_AND_ENQUEUE = """
--- KEYS: claim, job hash, queue list, rq:queues
--- ARGV: job id, claim ttl, hash field/value pairs...
+-- KEYS[1] the claim (hookline's), KEYS[2] the job hash, KEYS[3] the queue list, KEYS[4] the set
+--         of queues (RQ's keys, named by RQ's classes: shared.keys)
+-- ARGV[1] the job id, ARGV[2] the claim's TTL, ARGV[3...] the job hash's field/value pairs
 local claimed = redis.call("GET", KEYS[1])
 if claimed then
     return {0, claimed}
@@ -113,10 +113,11 @@ def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> J
         description=_description(envelope),
         retry=retry_policy(spec.max_attempts, spec.backoff_seconds),
         on_failure=Callback(keys.FAILURE_CALLBACK),
+        status=JobStatus.QUEUED,
+        origin=spec.queue,
+        serializer=JobSerializer,
     )
-    job.origin = spec.queue
-    job.enqueued_at = _naive_utcnow()
-    job._status = JobStatus.QUEUED
+    job.enqueued_at = now()
     return job
 
 
@@ -124,18 +125,6 @@ def _description(envelope: Envelope) -> str:
     return f"{envelope.source} {envelope.event_id}"
 
 
-def _naive_utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # RQ's own convention
-
-
-def _text(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return str(value.value)
-    return value if isinstance(value, bytes | str) else str(value)
-
-
-#: the fields that differ from one event's job to the next
-_PER_EVENT = frozenset({"created_at", "enqueued_at", "data", "description", "retry_intervals"})
 _PROBE = Envelope(source="probe", event_id="probe", received_at=0.0, headers=(), body=b"")
 
 
@@ -143,23 +132,26 @@ _PROBE = Envelope(source="probe", event_id="probe", received_at=0.0, headers=(),
 def _constant_fields(spec: JobSpec) -> tuple[Any, ...]:
     """The fields RQ writes that are the same for every event job of ``spec``, taken once
     from a job RQ built itself."""
-    mapping = build_job(_PROBE, spec, "probe").to_dict()
-    out: list[Any] = []
-    for field, value in mapping.items():
-        if value is not None and field not in _PER_EVENT:
-            out += [field, _text(value)]
-    return tuple(out)
+    flat = queued_job_fields(build_job(_PROBE, spec, "probe"))
+    pairs = zip(flat[0::2], flat[1::2], strict=True)
+    return tuple(
+        x for field, value in pairs if field not in PER_EVENT_FIELDS for x in (field, value)
+    )
+
+
+def job_data(envelope: Envelope) -> bytes:
+    """The job's ``data`` field: the call, serialised and compressed as RQ stores it."""
+    return zlib.compress(JobSerializer.dumps((keys.JOB_FUNC, None, (envelope.to_dict(),), {})))
 
 
 def job_fields(envelope: Envelope, spec: JobSpec) -> list[Any]:
-    """The job hash RQ's own ``enqueue`` would write, as a flat field/value list.
+    """The job hash RQ's own ``enqueue_job`` would write, as a flat field/value list.
 
     Built from a template rather than an ``rq.Job`` per event: creating the Job was a fifth of
-    the ingress's CPU per request. ``tests/test_enqueue.py`` holds it equal to RQ's own."""
-    now = utcformat(_naive_utcnow())
-    data = zlib.compress(DefaultSerializer.dumps((keys.JOB_FUNC, None, (envelope.to_dict(),), {})))
-    out = [*_constant_fields(spec), "created_at", now, "enqueued_at", now, "data", data]
-    out += ["description", _description(envelope)]
+    the ingress's CPU per request. ``tests/test_rqcompat.py`` holds it equal to RQ's own."""
+    stamp = utcformat(now())
+    out = [*_constant_fields(spec), "created_at", stamp, "enqueued_at", stamp]
+    out += ["data", job_data(envelope), "description", _description(envelope)]
     if spec.max_attempts > 1:
         intervals = retry_intervals(spec.max_attempts, spec.backoff_seconds)
         out += ["retry_intervals", json.dumps(intervals)]

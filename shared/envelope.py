@@ -3,19 +3,45 @@
 It holds the raw body exactly as received (signatures were computed over those bytes) and the
 request headers with every secret-bearing header redacted, so a job, a dead letter or a log line
 can never leak a secret or a signature.
+
+On the queue an envelope is plain JSON (see :mod:`shared.rqcompat`): nothing in a job can run
+code in a worker. The format has a version the workers check: 2 is JSON with the body in base64;
+1 is what hookline queued before (pickled, body as bytes), still read so that jobs queued before
+an upgrade are processed. Anything else is refused as :class:`InvalidEnvelope`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from shared.errors import PermanentError
 
 REDACTED = "[redacted]"
-VERSION = 1
+#: the format :meth:`Envelope.to_dict` writes
+VERSION = 2
+#: what a replay may take over: a dead letter's ``dead`` row, or an ``ignored`` one
+Replay = Literal["dead", "ignored"]
+
+#: the replay field as queued; ``True`` is version 1's (a dead letter's replay)
+_REPLAYS: dict[Any, Replay | None] = {
+    None: None,
+    False: None,
+    True: "dead",
+    "dead": "dead",
+    "ignored": "ignored",
+}
 
 #: headers never worth storing with an event: hop-by-hop or credentials of our own ingress
 _DROP = frozenset({"connection", "keep-alive", "transfer-encoding", "authorization", "cookie"})
+
+
+class InvalidEnvelope(PermanentError):
+    """A job's data is not an event hookline queued: it is never run, only dead-lettered."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +54,8 @@ class Envelope:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     remote: str | None = None
-    #: sent again by ``hookline dlq replay``: success resolves its dead letter
-    replay: bool = False
+    #: set by the operators' replays: the event's row in this state may be applied again
+    replay: Replay | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -39,28 +65,87 @@ class Envelope:
         return None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form queued in a job."""
         return {
             "v": VERSION,
             "source": self.source,
             "event_id": self.event_id,
             "received_at": self.received_at,
             "headers": [list(h) for h in self.headers],
-            "body": self.body,
+            "body": base64.b64encode(self.body).decode("ascii"),
             "remote": self.remote,
             "replay": self.replay,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Envelope:
+    def from_dict(cls, data: Any) -> Envelope:
+        """Read a queued envelope of any known version, checking every field's type;
+        :class:`InvalidEnvelope` names the first thing that is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidEnvelope("job data is not an event envelope")
+        version = data.get("v")
+        if version not in (1, 2):
+            raise InvalidEnvelope(f"unknown envelope version {str(version)[:20]!r}")
+        body = data.get("body")
+        if version == 2:
+            body = _b64(body)
+        elif not isinstance(body, bytes):
+            raise InvalidEnvelope("envelope body is not bytes")
+        raw_replay = data.get("replay")
+        if type(raw_replay) not in (str, bool, type(None)) or raw_replay not in _REPLAYS:
+            raise InvalidEnvelope("envelope replay is not dead or ignored")
         return cls(
-            source=str(data["source"]),
-            event_id=str(data["event_id"]),
-            received_at=float(data["received_at"]),
-            headers=tuple((str(k), str(v)) for k, v in data["headers"]),
-            body=bytes(data["body"]),
-            remote=data.get("remote"),
-            replay=bool(data.get("replay", False)),
+            source=_text(data, "source"),
+            event_id=_text(data, "event_id"),
+            received_at=_number(data.get("received_at")),
+            headers=_headers(data.get("headers")),
+            body=body,
+            remote=_optional_text(data.get("remote")),
+            replay=_REPLAYS[raw_replay],
         )
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidEnvelope(f"envelope {key} is not text")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidEnvelope("envelope remote is not text")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidEnvelope("envelope received_at is not a time")
+    return float(value)
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list | tuple):
+        raise InvalidEnvelope("envelope headers are not a list")
+    out = []
+    for pair in value:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(x, str) for x in pair)
+        ):
+            raise InvalidEnvelope("envelope header is not a name and a value")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def _b64(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidEnvelope("envelope body is not base64 text")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as err:
+        raise InvalidEnvelope("envelope body is not base64") from err
 
 
 def redact_headers(

@@ -91,4 +91,3 @@ class PermanentError(EventError):
 
 class PayloadError(PermanentError):
     """The body cannot be parsed into an event (bad JSON, nesting too deep, missing fields)."""
-

@@ -1,21 +1,36 @@
-"""Redis keys and the TTLs behind them, with why each value is what it is.
+"""Every Redis key hookline reads or writes, with why each TTL is what it is.
 
-RQ owns everything under ``rq:`` (jobs, queues, registries) so that ``rq info`` and RQ's own
-tools keep working; hookline adds only the small claim keys below.
+RQ owns its keys (jobs, queues, registries, executions) so that ``rq info`` and RQ's own tools
+keep working; the names of the ones hookline touches are taken from RQ's own classes here,
+never written by hand, so RQ's ``RQ_KEY_PREFIX`` environment variable moves them all. hookline's
+own keys (claims, statistics, rejections) live under :data:`PREFIX`, which follows that
+variable too: two deployments sharing one Redis with two RQ prefixes share nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-PREFIX = "hookline:"
+from rq.defaults import RQ_KEY_PREFIX
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+from rq.queue import Queue
 
-#: ``hookline:claim:{source}:{event id}`` -> job id. Lives ``dedup_ttl_seconds`` (3 days by
+#: hookline's own keys: ``hookline:`` beside RQ's default ``rq:``, else ``<prefix>:hookline:``
+PREFIX = "hookline:" if RQ_KEY_PREFIX == "rq" else f"{RQ_KEY_PREFIX}:hookline:"
+
+#: ``<PREFIX>claim:{source}:{event id}`` -> job id. Lives ``dedup_ttl_seconds`` (3 days by
 #: default, longer than the providers' retry horizons) so a redelivery inside that window is
 #: answered 200 "duplicate". Long ids are hashed so the key stays small whatever the provider
 #: sends; the body is never part of the key.
 CLAIM = PREFIX + "claim:"
 _MAX_RAW_ID = 128
+
+#: ``<PREFIX>janitor:{queue}``: held for one sweep of the queue's registries by one worker.
+#: RQ's own maintenance lock lives 899 s, so a worker killed while holding it would stop every
+#: other worker's recovery of abandoned jobs for 15 minutes; this one lives a few seconds.
+JANITOR_LOCK = PREFIX + "janitor:"
+JANITOR_LOCK_SECONDS = 30
 
 #: the function every queued event runs; a string so the ingress never imports the workers
 JOB_FUNC = "workers.tasks.process_event"
@@ -29,6 +44,13 @@ RESULT_TTL_SECONDS = 3600
 #: good, the job is only there for RQ's own tools.
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
+# -- RQ's keys, named by RQ's classes ---------------------------------------------------------
+
+#: the set of every queue's key (RQ's ``rq:queues``)
+QUEUES_SET: str = Queue.redis_queues_keys
+#: what every job hash key starts with (RQ's ``rq:job:``)
+JOB_PREFIX: str = Job.redis_job_namespace_prefix
+
 
 def claim_key(source: str, event_id: str) -> str:
     if len(event_id) > _MAX_RAW_ID:
@@ -37,11 +59,19 @@ def claim_key(source: str, event_id: str) -> str:
 
 
 def job_key(job_id: str) -> str:
-    return f"rq:job:{job_id}"
+    """RQ's hash of one job."""
+    return Job.key_for(job_id)
 
 
 def queue_key(queue: str) -> str:
-    return f"rq:queue:{queue}"
+    """RQ's list of the ids queued on ``queue``."""
+    return Queue.redis_queue_namespace_prefix + queue
 
 
-QUEUES_SET = "rq:queues"
+def intermediate_key(queue: str) -> str:
+    """RQ's list of ids taken from ``queue`` but not yet registered as started."""
+    return IntermediateQueue.get_intermediate_queue_key(queue_key(queue))
+
+
+def janitor_lock(queue: str) -> str:
+    return JANITOR_LOCK + queue

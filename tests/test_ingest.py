@@ -24,6 +24,7 @@ from ingest.app import JOB_SPEC, SERVER_OPTIONS, create_app
 from shared import keys
 from shared.config import Settings
 from shared.envelope import REDACTED, Envelope
+from shared.rqcompat import JobSerializer
 from tests.helpers import SECRET_VALUES, SOURCES, make_settings, signed
 
 ALL = sorted(SOURCES)
@@ -40,7 +41,7 @@ async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
 
 
 def queued_jobs(redis_client: redis.Redis, queue: str = "hookline") -> list[Any]:
-    return Queue(queue, connection=redis_client).get_jobs()
+    return Queue(queue, connection=redis_client, serializer=JobSerializer).get_jobs()
 
 
 async def post(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from multidict import CIMultiDict
-from rq import Queue
+from rq.job import Job
 from sqlalchemy import Engine, select
 
 from shared.config import Settings
@@ -24,9 +24,10 @@ from shared.db import dead_letters, payments, webhook_events
 from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
 from shared.envelope import Envelope, redact_headers
 from shared.locators import locate
+from shared.rqcompat import JobSerializer
 from tests.helpers import SOURCES, make_settings, signed
 from workers import deadletters, runtime
-from workers.worker import EventWorker, drain
+from workers.worker import EventWorker, drain, queues_for
 
 TEST_SOURCES = {
     "moncash": SOURCES["moncash"],
@@ -91,7 +92,7 @@ def deliver(
 
 
 def run_worker(client: redis.Redis, settings: Settings) -> None:
-    queues = [Queue(settings.queue, connection=client)]
+    queues = queues_for(settings, [], client)
     drain(EventWorker(queues, connection=client), queues)
 
 
@@ -132,7 +133,7 @@ def test_events_are_applied_once_with_their_payments(
     assert (float(nowallet["amount"]), nowallet["currency"]) == (10000.0, "XOF")
     helloasso = next(p for p in pays if p["source"] == "helloasso")
     assert float(helloasso["amount"]) == 25.0  # HelloAsso sends cents
-    assert Queue(settings.queue, connection=redis_client).count == 0
+    assert queues_for(settings, [], redis_client)[0].count == 0
 
 
 def test_a_job_run_twice_applies_its_effects_once(
@@ -140,7 +141,7 @@ def test_a_job_run_twice_applies_its_effects_once(
 ) -> None:
     # Given an event processed once
     deliver(redis_client, settings, "moncash", n=1)
-    queue = Queue(settings.queue, connection=redis_client)
+    queue = queues_for(settings, [], redis_client)[0]
     job = queue.jobs[0]
     run_worker(redis_client, settings)
     # When the same job runs again (a crash after commit, before RQ recorded success)
@@ -149,7 +150,8 @@ def test_a_job_run_twice_applies_its_effects_once(
     # Then there is still one row and one payment, and the second run says "duplicate"
     assert len(rows(engine, webhook_events)) == 1
     assert len(rows(engine, payments)) == 1
-    assert job.fetch(job.id, connection=redis_client).return_value() == "duplicate"
+    again = Job.fetch(job.id, connection=redis_client, serializer=JobSerializer)
+    assert again.return_value() == "duplicate"
 
 
 def test_redelivery_after_the_dedup_window_changes_nothing(
@@ -208,14 +210,17 @@ def test_a_handler_that_keeps_failing_is_dead_lettered_with_every_error(
     (state / "fail_f-2").write_text("99")
     deliver(redis_client, settings, "flaky", body=b'{"id": "f-2", "type": "x"}')
     run_worker(redis_client, settings)
-    assert rows(engine, webhook_events) == []
+    # Then the event is recorded dead, not applied, and its dead letter holds every error
+    [event] = rows(engine, webhook_events)
+    assert (event["status"], event["attempts"]) == ("dead", 3)
+    assert rows(engine, payments) == []
     [dl] = rows(engine, dead_letters)
     assert (dl["source"], dl["event_id"], dl["attempts"], dl["permanent"]) == ("flaky", "f-2", 3, 0)
     assert [e["attempt"] for e in dl["errors"]] == [1, 2, 3]
     assert "transient failure" in dl["reason"]
     assert dl["body"] == b'{"id": "f-2", "type": "x"}'
     # RQ's own failed registry knows the job too
-    assert Queue(settings.queue, connection=redis_client).failed_job_registry.count == 1
+    assert queues_for(settings, [], redis_client)[0].failed_job_registry.count == 1
 
 
 def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
@@ -242,10 +247,12 @@ def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
         t.start()
     for t in threads:
         t.join()
-    assert Queue(settings.queue, connection=redis_client).count == 2
+    assert queues_for(settings, [], redis_client)[0].count == 2
     run_worker(redis_client, settings)
-    # Then the effect happened once and the dead letter is resolved
-    assert len(rows(engine, webhook_events)) == 1
+    # Then the effect happened once, the event's row moved from dead to processed and the
+    # dead letter is resolved
+    [event] = rows(engine, webhook_events)
+    assert event["status"] == "processed"
     assert len(rows(engine, payments)) == 1
     assert rows(engine, dead_letters) == []
 
@@ -300,7 +307,7 @@ def test_concurrent_runs_of_one_event_apply_it_once(
 ) -> None:
     # Given one event whose job is run by four workers at the same moment (replays racing,
     # a zombie worker and its successor)
-    from workers.effects import apply_event
+    from workers.effects import Delivery, apply_events
 
     rt = runtime.current()
     env = Envelope(
@@ -315,7 +322,7 @@ def test_concurrent_runs_of_one_event_apply_it_once(
 
     def run() -> None:
         barrier.wait()
-        outcomes.append(apply_event(rt, env, 1))
+        outcomes.extend(apply_events(rt, [Delivery(env, 1)]))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
@@ -361,13 +368,19 @@ def test_a_job_that_is_not_an_event_fails_alone(
     from shared import keys
 
     deliver(redis_client, settings, "moncash", n=1)
-    Queue(settings.queue, connection=redis_client).enqueue(keys.JOB_FUNC, "not an envelope")
+    foreign = queues_for(settings, [], redis_client)[0].enqueue(keys.JOB_FUNC, "not an envelope")
     deliver(redis_client, settings, "moncash", n=2)
     # When a worker drains the queue
     run_worker(redis_client, settings)
-    # Then both events are applied and only the foreign job failed
-    assert len(rows(engine, webhook_events)) == 2
-    assert Queue(settings.queue, connection=redis_client).failed_job_registry.count == 1
+    # Then both events are applied, and only the foreign job failed, dead-lettered with why
+    assert [e["status"] for e in rows(engine, webhook_events) if e["source"] == "moncash"] == [
+        "processed",
+        "processed",
+    ]
+    [dl] = rows(engine, dead_letters)
+    assert (dl["source"], dl["event_id"], dl["permanent"]) == ("_invalid", foreign.id, 1)
+    assert "not an event envelope" in dl["reason"]
+    assert queues_for(settings, [], redis_client)[0].failed_job_registry.count == 1
 
 
 def test_a_last_attempt_stuck_between_dequeue_and_start_is_dead_lettered(
@@ -382,7 +395,7 @@ def test_a_last_attempt_stuck_between_dequeue_and_start_is_dead_lettered(
     )
     runtime.configure(last)
     event_id = deliver(redis_client, last, "moncash", n=5)
-    queue = Queue(last.queue, connection=redis_client)
+    queue = queues_for(last, [], redis_client)[0]
     job_id = redis_client.lmove(queue.key, queue.intermediate_queue.key).decode()
     # When the janitor has seen it stuck for longer than RQ tolerates
     worker = EventWorker([queue], connection=redis_client)

@@ -14,9 +14,10 @@ from rq import Queue
 from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shared.db import as_utc, dead_letters, from_timestamp, utcnow
+from shared.db import as_utc, dead_letters, from_timestamp, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
+from shared.rqcompat import JobSerializer
 
 
 def clean_text(text: str, limit: int = 2000) -> str:
@@ -48,12 +49,35 @@ def record(
     event_type: str | None,
     errors: Sequence[AttemptError],
     permanent: bool,
-) -> None:
-    """Insert the dead letter, or update it when the event died before (after a replay):
-    attempts add up and errors accumulate."""
+) -> bool:
+    """Dead-letter the event: its ``webhook_events`` row marked ``dead`` and its dead letter,
+    in one transaction; when it died before (after a replay), attempts add up and errors
+    accumulate. ``False``, and nothing written, when the event was applied meanwhile (a worker
+    taken for dead finished it after all): an event is never both applied and dead."""
     now = utcnow()
-    new_errors = [e.to_json() for e in errors]
     with engine.begin() as conn:
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        # the row first: the unique (source, event_id) serialises this against the effects
+        may_take = ["dead", "ignored"] if envelope.replay == "ignored" else ["dead"]
+        row = dialect.insert(webhook_events).values(
+            source=envelope.source,
+            event_id=envelope.event_id,
+            event_type=event_type,
+            status="dead",
+            attempts=len(errors),
+            received_at=from_timestamp(envelope.received_at),
+            processed_at=now,
+            remote=(envelope.remote or "")[:64] or None,
+            errors=[e.to_json() for e in errors],
+        )
+        row = row.on_conflict_do_update(
+            index_elements=[webhook_events.c.source, webhook_events.c.event_id],
+            set_={"status": "dead", "processed_at": now},
+            where=webhook_events.c.status.in_(may_take),
+        ).returning(webhook_events.c.id)
+        row_id = conn.execute(row).scalar()
+        if row_id is None:
+            return False
         old = conn.execute(
             select(dead_letters.c.attempts, dead_letters.c.errors).where(
                 dead_letters.c.source == envelope.source,
@@ -61,7 +85,12 @@ def record(
             )
         ).first()
         attempts = len(errors) + (old.attempts if old else 0)
-        all_errors = (list(old.errors) if old else []) + new_errors
+        all_errors = (list(old.errors) if old else []) + [e.to_json() for e in errors]
+        conn.execute(
+            update(webhook_events)
+            .where(webhook_events.c.id == row_id)
+            .values(event_type=event_type, attempts=attempts, errors=all_errors)
+        )
         values = dict(
             source=envelope.source,
             event_id=envelope.event_id,
@@ -79,7 +108,6 @@ def record(
             failed_at=now,
             replays=0,
         )
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
         stmt = dialect.insert(dead_letters).values(**values)
         update_cols = {
             k: stmt.excluded[k]
@@ -90,6 +118,7 @@ def record(
                 index_elements=[dead_letters.c.source, dead_letters.c.event_id], set_=update_cols
             )
         )
+    return True
 
 
 def _filtered(query: Select[Any], source: str | None, older_than_days: float | None) -> Select[Any]:
@@ -130,7 +159,7 @@ def _envelope(row: Any) -> Envelope:
         headers=tuple((str(k), str(v)) for k, v in row.headers),
         body=bytes(row.body),
         remote=row.remote,
-        replay=True,
+        replay="dead",
     )
 
 
@@ -163,7 +192,7 @@ def replay(
     """Queue each dead letter again as a fresh job (all attempts available); yields each id once
     queued and marked. The effects cannot apply twice: the worker's ``webhook_events`` row
     guards them however often an event is replayed."""
-    queue = Queue(spec.queue, connection=redis)
+    queue = Queue(spec.queue, connection=redis, serializer=JobSerializer)
     for dl_id in ids:
         with engine.connect() as conn:
             row = conn.execute(select(dead_letters).where(dead_letters.c.id == dl_id)).first()

@@ -1,11 +1,20 @@
 """Applying events: their effects and the record that they were processed, in one transaction.
 
 The ``webhook_events`` rows are inserted first, in one statement, with ``ON CONFLICT DO
-NOTHING``: an event whose row is already there was applied before (a redelivery after the
-dedup window, a job re-run after a crash, two replays at once) and nothing else happens. On
-PostgreSQL a concurrent insert of the same key waits for the first transaction, then finds
-the row; on SQLite writers are serialised by the database lock. Either way the handlers'
-effects commit with the row or not at all.
+NOTHING``: an event whose row is already there was finished before (a redelivery after the
+dedup window, a job re-run after a crash, two replays at once, a zombie worker racing its
+successor) and nothing else happens. On PostgreSQL a concurrent insert of the same key waits
+for the first transaction, then finds the row; on SQLite writers are serialised by the database
+lock. Either way the handlers' effects commit with the row or not at all.
+
+A dead-lettered event has a row too (status ``dead``), so an event is never both applied and
+dead: whichever of the two commits its row first decides. Only an operator's replay takes a row
+over: a dead letter's replay may turn ``dead`` into ``processed`` (and removes the dead letter
+in the same transaction), a replay of an ignored event may turn ``ignored`` into ``processed``.
+
+The event log: the row keeps the attempts' errors and the remote address; while ``[archive]
+retention_days`` is not 0 the body and the redacted headers go into ``event_bodies`` in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -15,13 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, delete, func, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, StatementError
 from sqlalchemy.orm import Session
 
-from shared.db import dead_letters, from_timestamp, utcnow, webhook_events
-from shared.envelope import Envelope
+from shared.db import dead_letters, event_bodies, from_timestamp, utcnow, webhook_events
+from shared.envelope import Envelope, Replay
 from shared.errors import PermanentError
 from workers.handlers import Event, Handler
 from workers.parsing import to_event
@@ -29,22 +38,37 @@ from workers.payments import flush_payments
 from workers.runtime import Runtime
 
 Outcome = Literal["processed", "ignored", "duplicate"]
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One run of one event: its envelope, which attempt this is, the earlier attempts'
+    errors (``AttemptError.to_json()`` dicts) for the event log."""
+
+    envelope: Envelope
+    attempt: int
+    errors: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
 class _Prepared:
     """An event parsed and matched with its handlers, before any database work."""
 
-    envelope: Envelope
+    delivery: Delivery
     event: Event
     handlers: list[Handler]
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.delivery.envelope
 
     @property
     def status(self) -> Outcome:
         return "processed" if self.handlers else "ignored"
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> Key:
         return (self.envelope.source, self.envelope.event_id)
 
     def row(self) -> dict[str, Any]:
@@ -53,55 +77,99 @@ class _Prepared:
             "event_id": self.envelope.event_id,
             "event_type": self.event.type,
             "status": self.status,
-            "attempts": self.event.attempt,
+            "attempts": self.delivery.attempt,
             "received_at": from_timestamp(self.envelope.received_at),
             "processed_at": utcnow(),
+            "remote": (self.envelope.remote or "")[:64] or None,
+            "errors": list(self.delivery.errors) or None,
         }
 
 
-def _prepare(rt: Runtime, envelope: Envelope, attempt: int) -> _Prepared:
+def _prepare(rt: Runtime, delivery: Delivery) -> _Prepared:
+    envelope = delivery.envelope
     source = rt.settings.sources.get(envelope.source)
     if source is None:
         raise PermanentError(f"source {envelope.source!r} is no longer configured")
-    event = to_event(envelope, source, attempt)
+    event = to_event(envelope, source, delivery.attempt)
     handlers = rt.registry.for_event(event, builtins=rt.settings.worker.builtin_handlers)
-    return _Prepared(envelope, event, handlers)
+    return _Prepared(delivery, event, handlers)
 
 
-def _claim_rows(conn: Connection, items: Sequence[_Prepared]) -> set[tuple[str, str]]:
-    """Insert the events' rows in one statement; the keys inserted now (not seen before)."""
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = (
-        dialect.insert(webhook_events)
-        .values([item.row() for item in items])
-        .on_conflict_do_nothing(index_elements=[webhook_events.c.source, webhook_events.c.event_id])
-        .returning(webhook_events.c.source, webhook_events.c.event_id)
-    )
-    return {(r.source, r.event_id) for r in conn.execute(stmt)}
+def _dialect(conn: Connection) -> Any:
+    return sqlite if conn.dialect.name == "sqlite" else postgresql
 
 
-def _apply_all(session: Session, items: Sequence[_Prepared]) -> list[Outcome]:
+def _claim(conn: Connection, items: Sequence[_Prepared], takeover: Replay | None) -> dict[Key, int]:
+    """Insert the rows of ``items`` in one statement; the keys inserted now (or taken over
+    from a ``takeover`` row), with their row ids."""
+    if not items:
+        return {}
+    stmt = _dialect(conn).insert(webhook_events).values([item.row() for item in items])
+    keys = [webhook_events.c.source, webhook_events.c.event_id]
+    if takeover is None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    else:
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                "status": new.status,
+                "event_type": new.event_type,
+                "attempts": new.attempts,
+                "processed_at": new.processed_at,
+                # a replay that succeeds at once keeps the errors of the attempts before it
+                "errors": func.coalesce(new.errors, webhook_events.c.errors),
+            },
+            where=webhook_events.c.status == takeover,
+        )
+    stmt = stmt.returning(webhook_events.c.id, webhook_events.c.source, webhook_events.c.event_id)
+    return {(r.source, r.event_id): r.id for r in conn.execute(stmt)}
+
+
+def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) -> list[Outcome]:
     """Claim every event, then run the handlers of those claimed now, in order."""
     conn = session.connection()
-    claimed = _claim_rows(conn, items)
+    first: dict[Key, _Prepared] = {}
+    for item in items:  # the same event twice in one batch: one row, applied once
+        first.setdefault(item.key, item)
+    unique = list(first.values())
+    claimed: dict[Key, int] = {}
+    for takeover in (None, "dead", "ignored"):
+        claimed |= _claim(conn, [i for i in unique if i.envelope.replay == takeover], takeover)
     outcomes: list[Outcome] = []
+    applied: list[_Prepared] = []
     for item in items:
-        if item.key not in claimed:
+        if item.key not in claimed or first[item.key] is not item:
             outcomes.append("duplicate")
             continue
-        claimed.discard(item.key)  # the same event twice in one batch applies once
         for handler in item.handlers:
             handler(item.event, session)
-        if item.envelope.replay:
-            conn.execute(
-                delete(dead_letters).where(
-                    dead_letters.c.source == item.envelope.source,
-                    dead_letters.c.event_id == item.envelope.event_id,
-                )
-            )
+        applied.append(item)
         outcomes.append(item.status)
+    revived = [i.key for i in applied if i.envelope.replay == "dead"]
+    if revived:
+        conn.execute(
+            delete(dead_letters).where(
+                tuple_(dead_letters.c.source, dead_letters.c.event_id).in_(revived)
+            )
+        )
+    if keep_bodies and applied:
+        _keep_bodies(conn, applied, claimed)
     flush_payments(session)
     return outcomes
+
+
+def _keep_bodies(conn: Connection, applied: Sequence[_Prepared], ids: dict[Key, int]) -> None:
+    rows = [
+        {
+            "event_pk": ids[item.key],
+            "headers": [list(h) for h in item.envelope.headers],
+            "body": item.envelope.body,
+        }
+        for item in applied
+    ]
+    stmt = _dialect(conn).insert(event_bodies).values(rows)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=[event_bodies.c.event_pk]))
 
 
 @contextmanager
@@ -118,19 +186,15 @@ def _permanent_database_errors() -> Iterator[None]:
         raise
 
 
-def apply_event(rt: Runtime, envelope: Envelope, attempt: int) -> Outcome:
-    """Parse and apply ``envelope`` exactly once, in its own transaction; raise
-    ``PermanentError`` for what retrying cannot fix, anything else for what it may."""
-    return apply_events(rt, [(envelope, attempt)])[0]
-
-
-def apply_events(rt: Runtime, items: Sequence[tuple[Envelope, int]]) -> list[Outcome]:
-    """Apply several events in one transaction (one commit for all): the fast path for a
-    batch. Any failure rolls back all of them; the caller then applies each on its own, so
-    one bad event never changes the outcome of another."""
-    prepared = [_prepare(rt, envelope, attempt) for envelope, attempt in items]
+def apply_events(rt: Runtime, deliveries: Sequence[Delivery]) -> list[Outcome]:
+    """Apply events in one transaction (one commit for all): a batch, or one event. Raise
+    ``PermanentError`` for what retrying cannot fix, anything else for what it may; any
+    failure rolls back all of them, and the caller then applies each on its own, so one bad
+    event never changes the outcome of another."""
+    prepared = [_prepare(rt, delivery) for delivery in deliveries]
+    keep = rt.settings.archive.retention_days > 0
     with _permanent_database_errors(), Session(rt.engine) as session, session.begin():
-        return _apply_all(session, prepared)
+        return _apply_all(session, prepared, keep)
 
 
 def _first_line(err: object) -> str:

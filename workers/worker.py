@@ -1,22 +1,27 @@
-"""``hookline worker``: an RQ worker tuned for webhook events.
+"""``hookline worker``: an RQ worker tuned for webhook events, on RQ's public ground.
 
-What RQ's defaults get wrong here, and what this changes:
+RQ's own ``SimpleWorker.work`` loop runs it (registration, scheduler, signals, suspension,
+maintenance, teardown); hookline overrides only RQ's documented extension points:
+``execute_job`` (a batch instead of one job, :mod:`workers.batch`), ``get_heartbeat_ttl``,
+``bootstrap`` / ``teardown`` (two threads), ``clean_registries`` (the janitor's sweep),
+``handle_payload`` / ``request_stop_execution`` (RQ's stop commands reach every job of a batch)
+and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and what this changes:
 
-- Fork per job (RQ's ``Worker``) costs a process per event; :class:`EventWorker` runs jobs in
-  process (RQ's ``SimpleWorker``), with RQ's own heartbeats, registries, retries and the
-  job-timeout death penalty intact. Scale with processes (``--scale worker=N``).
-- A job held by a worker killed with ``kill -9`` waits in RQ's StartedJobRegistry until its
-  entry expires (job timeout + 60 s) *and* some worker runs maintenance, which RQ does only
-  between jobs or when an idle worker's dequeue times out (~405 s): up to ~15 minutes. Here the
-  entry expires at job timeout + 15 s and a janitor thread sweeps every
-  :data:`JANITOR_SECONDS`, so abandoned work is retried (or dead-lettered) within job timeout
-  + 25 s: 85 s with the default 60 s timeout.
-- RQ only moves an abandoned last attempt to its FailedJobRegistry; the job's failure callback
-  (set at enqueue, so it runs whichever process does the cleanup) writes the dead letter too.
-- A Redis outage of a few seconds makes RQ's work loop raise; :func:`run` waits for Redis and
-  resumes instead of letting the process die. The job's outcome is never lost: its effects are
-  committed in the database, and a job whose success could not be recorded in Redis is
-  recovered as abandoned and finds its ``webhook_events`` row (outcome "duplicate").
+- Fork per job (RQ's ``Worker``) costs a process per event; this runs jobs in process with
+  RQ's heartbeats, registries, retries and job-timeout death penalty. Scale with processes.
+- Abandoned work. RQ's registry entry for a running job lives the job's timeout + 60 s, and
+  RQ looks for expired entries between jobs or when an idle worker's dequeue times out
+  (~405 s): a job whose worker was killed waited up to ~15 minutes, longer with a long
+  timeout. Here the entry lives :data:`EXECUTION_TTL_SECONDS` and a heartbeat thread renews
+  it every :data:`HEARTBEAT_SECONDS` while the worker lives, whatever the job's timeout (the
+  death penalty still stops a job that overruns it); a worker that cannot heartbeat is gone
+  or frozen. A janitor thread in every worker sweeps every :data:`JANITOR_SECONDS`, so the
+  jobs of a worker killed with ``kill -9`` (or SIGSTOPped) are retried or dead-lettered within
+  ~20 s, then run again after their backoff.
+- A Redis outage of a few seconds makes RQ's loop give up; :func:`run` waits for Redis and
+  starts again instead of letting the process exit. The job's outcome is never lost: its
+  effects are committed in the database, and a job whose success could not be recorded in
+  Redis is recovered as abandoned and finds its ``webhook_events`` row ("duplicate").
 """
 
 from __future__ import annotations
@@ -32,142 +37,170 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.command import parse_payload
 from rq.job import Job
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.timeouts import TimerDeathPenalty
-from rq.worker.base import WorkerStatus
+from rq.utils import now
+from rq.worker import WorkerStatus
+from rq.worker_registration import clean_worker_registry
 
-from shared import keys
+from shared import keys, rqcompat
 from shared.config import Settings
-from workers import runtime, tasks
-from workers.batch import HEARTBEAT_MARGIN_SECONDS, BatchRunner
+from shared.rqcompat import JobSerializer
+from workers import retries, runtime
+from workers.batch import BatchRunner
 
 log = logging.getLogger("hookline.worker")
 
-#: how often a worker looks for abandoned jobs (RQ's default is 600 s, and in practice only
-#: when an idle worker's dequeue times out)
-JANITOR_SECONDS = 10
+#: how long a running job's registry entry lives without a heartbeat: the longest a worker
+#: can be unreachable (or frozen) before its jobs are taken for abandoned
+EXECUTION_TTL_SECONDS = 15
+#: how often a worker renews its running jobs' entries and its own key
+HEARTBEAT_SECONDS = 5
+#: how often a worker's janitor looks for abandoned jobs, stuck ones and overdue retries
+JANITOR_SECONDS = 5
+#: a job id left in RQ's intermediate list, unstarted, this long: its worker died taking it
+STUCK_SECONDS = 10
 #: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
 SCHEDULER_GRACE_SECONDS = 2
+#: RQ's full registry maintenance (finished, failed, deferred...) in the main loop
+MAINTENANCE_SECONDS = 60
+#: RQ keeps a worker's key this long past its last heartbeat (+ 60 s); the heartbeat thread
+#: renews it, and an idle worker's blocking dequeue waits this - 15 s at most
+WORKER_TTL_SECONDS = 35
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
 
 
 class EventWorker(SimpleWorker):
-    """RQ's in-process worker with a batch loop (:mod:`workers.batch`) and a janitor that
-    recovers abandoned jobs promptly."""
+    """RQ's in-process worker with a batch loop, a heartbeat and a janitor."""
 
     def __init__(
         self, queues: Sequence[Queue], connection: Redis, job_timeout: int = 180, **kwargs: Any
     ) -> None:
-        kwargs.setdefault("maintenance_interval", JANITOR_SECONDS)
+        kwargs.setdefault("serializer", JobSerializer)
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
+        kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         super().__init__(list(queues), connection=connection, **kwargs)
-        #: the configured job timeout (180 s is RQ's default)
+        #: the configured job timeout (180 s is RQ's default); a job carries its own too
         self.job_timeout = job_timeout
-        self._janitor_stop = threading.Event()
+        self.execution_ttl = EXECUTION_TTL_SECONDS
+        self.batch = BatchRunner(self)
+        #: held while the batch's executions are registered, recorded or renewed, so the
+        #: heartbeat thread never renews an execution the batch has just removed
+        self.bookkeeping = threading.Lock()
+        #: a warm stop (SIGTERM, SIGINT, RQ's shutdown command) was asked for
+        self.stopping = False
+        self._threads_stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def handle_job_failure(
-        self,
-        job: Job,
-        queue: Queue,
-        started_job_registry: StartedJobRegistry | None = None,
-        exc_string: str = "",
-        execution: Any = None,
-    ) -> None:
-        """RQ calls this for failures it finds outside a job run, above all a job left in its
-        intermediate list by a worker that died between dequeuing and starting it: record
-        the attempt like any abandoned one (a dead letter if it was the last), then let RQ
-        retry or fail it. Failures inside a run were recorded by the job itself and go to
-        RQ's method directly (see :mod:`workers.batch`)."""
-        if job.func_name == keys.JOB_FUNC:
-            try:
-                tasks.dead_letter_abandoned(job)
-            except Exception:
-                log.exception("could not record the failure of job %s", job.id)
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+    # -- RQ's extension points -------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # busy at once: a stop asked for from here on lets the batch finish (RQ's own worker
+        # becomes busy a moment later, when it registers the job)
+        self.set_state(WorkerStatus.BUSY)
+        self.batch.run(job, queue)
+        self.set_state(WorkerStatus.IDLE)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        # in process, a job cannot outlive its timeout (RQ's death penalty stops it), so the
-        # registry entry needs only a small margin past it (RQ adds 60 s)
-        return int(job.timeout or self.job_timeout) + HEARTBEAT_MARGIN_SECONDS
+        # the heartbeat thread renews running jobs' entries while this process lives, so they
+        # need not outlive it by the job's timeout (RQ: timeout + 60 s)
+        return self.execution_ttl
 
-    def work(  # type: ignore[override]
-        self,
-        burst: bool = False,
-        logging_level: str = "INFO",
-        with_scheduler: bool = False,
-        **_: Any,
-    ) -> bool:
-        """RQ's worker set-up (registration, scheduler, signals, teardown) around the batch
-        loop instead of RQ's one-job-at-a-time loop."""
-        self.bootstrap(logging_level)
-        if with_scheduler:
-            self._start_scheduler(burst, logging_level)
-        self._install_signal_handlers()
-        janitor = threading.Thread(target=self._janitor, name="hookline-janitor", daemon=True)
-        janitor.start()
-        runners = [BatchRunner(self, q) for q in self.queues]
-        worked = 0
-        try:
-            while not self._stop_requested:
-                self.check_for_suspension(burst)
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                self.set_state(WorkerStatus.BUSY)
-                taken = sum(runner.run_batch() for runner in runners)
-                worked += taken
-                if taken:
-                    continue
-                if burst:
-                    break
-                self.set_state(WorkerStatus.IDLE)
-                for runner in runners:
-                    moved = runner.wait_for_work()
-                    if moved:
-                        self.set_state(WorkerStatus.BUSY)
-                        worked += runner.run_batch(moved)
-                        break
-        except StopRequested:
-            pass
-        finally:
-            self._janitor_stop.set()
-            janitor.join(timeout=5)
-            self.teardown()
-        return bool(worked)
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        if threading.current_thread() is threading.main_thread():
+            self.batch.install_stop_handler()
+        self._threads_stop.clear()
+        self._threads = [
+            threading.Thread(target=self._every, args=(HEARTBEAT_SECONDS, self._beat), daemon=True),
+            threading.Thread(target=self._every, args=(JANITOR_SECONDS, self._sweep), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _janitor(self) -> None:
-        """RQ cleans its registries only between jobs and when an idle worker's blocking
-        dequeue times out (every ~405 s): too late for a job whose worker was killed. This
-        thread does it every :data:`JANITOR_SECONDS`, one worker at a time (RQ's lock)."""
-        while not self._janitor_stop.wait(JANITOR_SECONDS):
+    def teardown(self) -> None:
+        self._threads_stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        super().teardown()
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.stopping = True
+        super().handle_warm_shutdown_request()
+
+    def clean_registries(self) -> None:
+        """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
+        cleaning of its other registries (finished, failed, deferred...)."""
+        sweep(self.queues, self, full=True)
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ types it None only
+
+    def handle_payload(self, message: dict[Any, Any]) -> None:
+        """RQ's stop-job command names one job: any job of the running batch is stopped
+        (RQ's own handler looks only at the first of a worker's executions)."""
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job" and self.batch.stop(str(payload.get("job_id"))):
+            return
+        super().handle_payload(message)
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        execution = self.executions.get(execution_id)
+        if execution is None or not self.batch.stop(execution.job_id):
+            super().request_stop_execution(execution_id)
+
+    # -- the two threads -------------------------------------------------------------------
+
+    def _every(self, seconds: float, action: Any) -> None:
+        while not self._threads_stop.wait(seconds):
             try:
-                sweep(self.queues, self)
+                action()
             except Exception as err:
-                log.debug("janitor round skipped: %s", type(err).__name__)
+                log.debug("%s skipped: %s", action.__name__, type(err).__name__)
+
+    def _beat(self) -> None:
+        with self.bookkeeping:
+            rqcompat.heartbeat(self, self.execution_ttl)
+
+    def _sweep(self) -> None:
+        sweep(self.queues, self)
 
 
-def sweep(queues: Sequence[Queue], worker: SimpleWorker) -> None:
-    """One maintenance round: abandoned jobs are retried or failed (RQ then calls our failure
-    callback, which dead-letters a last attempt), jobs stuck between dequeue and start are
-    handled, and due retries are moved to their queue."""
+def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -> None:
+    """One janitor round over ``queues``, by one worker at a time (a short lock of hookline's:
+    RQ's own maintenance lock lives 15 minutes, which a killed worker would leave behind):
+    abandoned jobs are retried or dead-lettered (RQ's cleanup calls the job's failure
+    callback), jobs stuck between dequeue and start likewise, overdue retries are moved to
+    their queue; ``full`` adds RQ's cleaning of its other registries."""
+    connection = worker.connection
     for queue in queues:
-        if not queue.acquire_maintenance_lock():
+        lock = keys.janitor_lock(queue.name)
+        if not connection.set(lock, worker.name, nx=True, ex=keys.JANITOR_LOCK_SECONDS):
             continue
         try:
             # off the main thread RQ's SIGALRM death penalty cannot guard the failure
             # callback, so this registry uses the timer-based one
             StartedJobRegistry(
-                name=queue.name, connection=queue.connection, death_penalty_class=TimerDeathPenalty
+                name=queue.name,
+                connection=connection,
+                serializer=JobSerializer,
+                death_penalty_class=TimerDeathPenalty,
             ).cleanup()
-            clean_registries(queue)
-            queue.intermediate_queue.cleanup(worker, queue)
+            for job in rqcompat.stuck_in_intermediate(queue, STUCK_SECONDS):
+                ends = retries.attempt_failed(job, retries.STUCK)
+                rqcompat.record_failure(
+                    worker, job, queue, None, retries.STUCK.error, retry=not ends
+                )
+                queue.intermediate_queue.remove(job.id)
+            clean_worker_registry(queue)
+            if full:
+                clean_registries(queue)
         finally:
-            queue.release_maintenance_lock()
-    # RQ's scheduler (a child process of one worker) moves due retries every second; if it
-    # died with its worker, its lock keeps others from taking over for a while: move what
-    # is overdue meanwhile
-    enqueue_due_retries(queues, overdue_seconds=SCHEDULER_GRACE_SECONDS)
+            connection.delete(lock)
+        # RQ's scheduler (a child process of one worker) moves due retries every second; if
+        # it died with its worker, its lock keeps others from taking over for a while
+        rqcompat.move_due_retries(queue, overdue_seconds=SCHEDULER_GRACE_SECONDS)
 
 
 def connect(settings: Settings) -> Redis:
@@ -177,34 +210,19 @@ def connect(settings: Settings) -> Redis:
 
 
 def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> list[Queue]:
-    return [Queue(name, connection=connection) for name in (names or [settings.queue])]
-
-
-def enqueue_due_retries(queues: Sequence[Queue], overdue_seconds: float = 0) -> int:
-    """Move retries due ``overdue_seconds`` ago or more from the ScheduledJobRegistry to their
-    queue (what RQ's scheduler does every second in a long-running worker). ``ZREM`` is the
-    claim: of two processes moving the same job, only the one that removed it enqueues it."""
-    moved = 0
-    for queue in queues:
-        registry = queue.scheduled_job_registry
-        for job_id in registry.get_jobs_to_schedule(int(time.time() - overdue_seconds)):
-            if not queue.connection.zrem(registry.key, job_id):
-                continue
-            try:
-                job = Job.fetch(job_id, connection=queue.connection)
-            except Exception:  # noqa: S112 - expired or deleted meanwhile
-                continue
-            queue._enqueue_job(job)
-            moved += 1
-    return moved
+    return [
+        Queue(name, connection=connection, serializer=JobSerializer)
+        for name in (names or [settings.queue])
+    ]
 
 
 def drain(worker: EventWorker, queues: Sequence[Queue]) -> None:
     """``--burst``: run until the queues are empty and no retry is due. Retries scheduled for
     later stay scheduled (a long-running worker will take them)."""
-    sweep(queues, worker)
+    sweep(queues, worker, full=True)
     while True:
-        enqueue_due_retries(queues)
+        for queue in queues:
+            rqcompat.move_due_retries(queue)
         if not any(q.count for q in queues):
             return
         worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
@@ -217,7 +235,7 @@ def run(
     burst: bool = False,
     rq_log_level: str = "INFO",
 ) -> None:
-    """Take jobs until stopped (SIGTERM/SIGINT finish the current job first)."""
+    """Take jobs until stopped (SIGTERM/SIGINT finish the current batch first)."""
     runtime.configure(settings)
     connection = connect(settings)
     queues = queues_for(settings, queue_names, connection)
@@ -229,14 +247,15 @@ def run(
     while True:
         try:
             worker.work(with_scheduler=True, logging_level=rq_log_level)
-            return
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-            if worker._stop_requested or worker._shutdown_requested_date is not None:
-                return  # asked to stop: Redis being away is no reason to stay
-            # RQ's loop gave up on Redis; wait for it and resume with a fresh registration
-            log.warning("redis unavailable (%s); reconnecting", type(err).__name__)
-            _wait_for_redis(connection)
-            worker = EventWorker(queues, connection=connection, job_timeout=timeout)
+            log.warning("redis unavailable (%s)", type(err).__name__)
+        if worker.stopping:
+            return
+        # RQ's loop gave up (on Redis, most likely); wait for it and start again with a
+        # fresh registration
+        log.warning("the work loop ended unasked; reconnecting")
+        _wait_for_redis(connection)
+        worker = EventWorker(queues, connection=connection, job_timeout=timeout)
 
 
 def _stop_waiting(_signum: int, _frame: Any) -> None:

@@ -101,9 +101,6 @@ class Scheme(ABC):
 
     # -- helpers shared by the schemes -------------------------------------------------------
 
-    def option(self, key: str, default: Any = None) -> Any:
-        return self.config.options.get(key, default)
-
     def require_match(self, digest: Callable[[str], bytes], received: list[bytes]) -> None:
         """Raise unless some received signature is ``digest(secret)`` for some configured
         secret (rotation), compared in constant time over every pair."""

@@ -1,0 +1,266 @@
+"""hookline's one layer over RQ: everything hookline does with RQ that RQ's public API does
+not offer as such, in one place a maintainer reads before upgrading RQ.
+
+What is here, and how each piece is held to RQ:
+
+- :class:`JobSerializer`: job data is JSON (RQ's JSON format), so nothing an attacker writes
+  into Redis can run code in a worker. Jobs queued by hookline before it (pickled) are still
+  read, by an unpickler that builds plain data only and refuses every import.
+- :func:`queued_job_fields`: the hash RQ's ``Queue.enqueue_job`` writes for an event job,
+  built once from a job RQ builds itself and filled in per event, so the ingress can write it
+  inside its claim-and-enqueue script. ``tests/test_rqcompat.py`` holds it equal to what RQ
+  writes.
+- The batch engine's bookkeeping: RQ's worker registers, runs and records one job at a time,
+  each with a few round trips. :func:`take`, :func:`start`, :func:`record_successes` and
+  :func:`record_failure` do for a whole batch, in one pipeline each, exactly what RQ's
+  ``SimpleWorker.execute_job`` / ``handle_job_success`` / ``handle_job_failure`` do for one
+  job, built from RQ's own public pieces (``Execution.create``, ``Job.prepare_for_execution``,
+  ``Result.create``, the registries). ``tests/test_rqcompat.py`` runs the same job through
+  RQ's own worker and through these and compares every key they leave, timestamps aside.
+- :func:`stop_requested_for`: the one private name used, RQ's way of marking a job stopped.
+- :func:`stuck_in_intermediate` and :func:`move_due_retries`: RQ's own recovery steps, run
+  sooner than RQ runs them (see ``workers.worker``).
+
+Every key comes from RQ's classes (:mod:`shared.keys`), so ``RQ_KEY_PREFIX`` moves them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import pickle
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.utils import now
+
+if TYPE_CHECKING:
+    from rq import Queue
+    from rq.worker import BaseWorker
+
+from rq.worker import WorkerStatus
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Reads plain data only (str, bytes, numbers, lists, tuples, dicts, None, booleans):
+    any class or function named in the data is refused, so loading cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+class JobSerializer:
+    """RQ's JSON serializer, reading hookline's earlier pickled jobs as plain data.
+
+    Registered with RQ wherever hookline builds a ``Queue``, a ``Job`` or a worker; RQ's own
+    tools take it as ``--serializer shared.rqcompat.JobSerializer``."""
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        if data[:1] == b"\x80":  # a pickle: a job queued before hookline wrote JSON
+            return _PlainUnpickler(io.BytesIO(data)).load()
+        return json.loads(data.decode("utf-8"))
+
+
+# -- the ingress: what RQ writes for a queued job ------------------------------------------
+
+#: the fields of a queued event job that differ from one event to the next
+PER_EVENT_FIELDS = frozenset(
+    {"created_at", "enqueued_at", "data", "description", "retry_intervals"}
+)
+
+
+def queued_job_fields(job: Job) -> list[Any]:
+    """The hash RQ's ``Queue.enqueue_job`` writes for ``job`` (a job RQ built with
+    ``Job.create(..., status=JobStatus.QUEUED)`` and ``origin`` set), as field/value pairs,
+    with every value as Redis stores it (text or bytes)."""
+    out: list[Any] = []
+    for field, value in job.to_dict().items():
+        if value is None:
+            continue
+        out += [field, value.value if isinstance(value, JobStatus) else value]
+    return out
+
+
+# -- the workers: a batch of jobs with RQ's bookkeeping ------------------------------------
+
+# KEYS[1]: the queue's list; KEYS[2]: its intermediate list (where RQ's own dequeue moves an id
+# before the job is registered as started). ARGV[1]: how many ids to move at most.
+TAKE = """
+local ids = {}
+for i = 1, tonumber(ARGV[1]) do
+    local id = redis.call("LMOVE", KEYS[1], KEYS[2], "LEFT", "RIGHT")
+    if not id then break end
+    ids[i] = id
+end
+return ids
+"""
+
+
+def take(queue: Queue, count: int) -> list[str]:
+    """Move up to ``count`` job ids from ``queue`` into its intermediate list, as RQ's own
+    dequeue does with one (one round trip for all of them)."""
+    if count <= 0:
+        return []
+    script = queue.connection.register_script(TAKE)
+    ids = script(keys=[queue.key, queue.intermediate_queue_key], args=[count])
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+def start(worker: BaseWorker, queue: Queue, jobs: Sequence[Job], ttl: int) -> list[Execution]:
+    """Register ``jobs`` as started by ``worker``, in one transaction: for each, what RQ's
+    ``prepare_execution`` and ``prepare_job_execution`` write (an Execution in the
+    StartedJobRegistry and the worker's index, the job's status, heartbeat and worker, the
+    job kept from expiring, its id out of the intermediate list)."""
+    executions = []
+    with worker.connection.pipeline() as pipe:
+        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        worker.heartbeat(ttl, pipeline=pipe)
+        stamp = now()
+        for job in jobs:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
+            worker.executions[execution.id] = execution
+            job.heartbeat(stamp, ttl, pipeline=pipe)
+            job.prepare_for_execution(worker.name, pipeline=pipe)
+            pipe.persist(job.key)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            # a sweep may have seen the id in the intermediate list a moment ago: forget it,
+            # or the same id back there after a retry would look stuck at once
+            pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))
+            executions.append(execution)
+        pipe.execute()
+    return executions
+
+
+def heartbeat(worker: BaseWorker, ttl: int) -> None:
+    """What RQ's forking worker does every ``job_monitoring_interval`` while a job runs, for
+    every execution ``worker`` holds: the worker's key, and each execution's registry entry
+    pushed ``ttl`` seconds into the future."""
+    executions = list(worker.executions.values())
+    with worker.connection.pipeline() as pipe:
+        worker.heartbeat(pipeline=pipe)
+        for execution in executions:
+            execution.heartbeat(execution.job.started_job_registry, ttl, pipeline=pipe)
+        pipe.execute()
+
+
+def record_successes(worker: BaseWorker, done: Sequence[tuple[Job, Execution, Any]]) -> None:
+    """Record every ``(job, execution, return value)`` as RQ's ``handle_job_success`` does
+    for a job without dependents or repeats (hookline's event jobs have neither), in one
+    transaction: the worker's counts, the job finished with its result (or deleted when its
+    ``result_ttl`` is 0), the execution removed."""
+    if not done:
+        return
+    with worker.connection.pipeline() as pipe:
+        for job, execution, value in done:
+            ended = now()
+            job.ended_at = ended
+            job.heartbeat(ended, job.success_callback_timeout, pipeline=pipe)
+            worker.increment_successful_job_count(pipeline=pipe)
+            if job.started_at is not None:
+                worker.increment_total_working_time(ended - job.started_at, pipe)
+            result_ttl = job.get_result_ttl(worker.default_result_ttl)
+            if result_ttl != 0:
+                job.set_status(JobStatus.FINISHED, pipeline=pipe)
+                job.save(pipeline=pipe, include_meta=False, include_result=False)
+                Result.create(
+                    job,
+                    Result.Type.SUCCESSFUL,
+                    ttl=result_ttl,
+                    return_value=value,
+                    worker_name=worker.name,
+                    pipeline=pipe,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=ended,
+                )
+                job.finished_job_registry.add(job, result_ttl, pipe)
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            worker.cleanup_execution(job, pipeline=pipe, execution=execution)
+        pipe.execute()
+
+
+def record_failure(
+    worker: BaseWorker,
+    job: Job,
+    queue: Queue,
+    execution: Execution | None,
+    exc_string: str,
+    *,
+    retry: bool,
+    stopped: bool = False,
+) -> None:
+    """Record a failed run as RQ's worker does (``_finalize_failure`` then
+    ``handle_job_failure``): retried with the job's own backoff when ``retry``, else failed
+    (moved to the FailedJobRegistry), or ``stopped`` when an operator asked for it."""
+    job.ended_at = now()
+    job.heartbeat(job.ended_at, job.failure_callback_timeout)
+    if not retry:
+        job.retries_left = 0  # RQ retries while retries are left: none are, this attempt ends it
+    if stopped:
+        stop_requested_for(worker, job)
+    worker.handle_job_failure(
+        job,
+        queue,
+        started_job_registry=queue.started_job_registry,
+        exc_string=exc_string,
+        execution=execution,
+    )
+
+
+def stop_requested_for(worker: BaseWorker, job: Job) -> None:
+    """Mark ``job`` as the one an operator stopped, so RQ's ``handle_job_failure`` records it
+    ``stopped`` (never retried) instead of ``failed``. RQ keeps this in a private attribute
+    (its stop-job command sets it the same way): the one private name hookline touches."""
+    worker._stopped_job_id = job.id
+
+
+def stuck_in_intermediate(queue: Queue, after_seconds: float) -> list[Job]:
+    """Jobs whose ids have sat in ``queue``'s intermediate list, not started, for more than
+    ``after_seconds`` (two sightings at least): their worker died between taking them and
+    registering them. RQ's own rule is the same with one minute; this is it sooner."""
+    intermediate = queue.intermediate_queue
+    ids = intermediate.get_job_ids()
+    if not ids:
+        return []
+    running = set(queue.started_job_registry.get_job_ids(cleanup=False))
+    stuck = []
+    for job_id in ids:
+        if job_id in running:
+            continue
+        job = queue.fetch_job(job_id)
+        if job is None:
+            intermediate.remove(job_id)
+            continue
+        if intermediate.set_first_seen(job_id):
+            continue
+        first = intermediate.get_first_seen(job_id)
+        if first is not None and now() - first > dt.timedelta(seconds=after_seconds):
+            stuck.append(job)
+    return stuck
+
+
+def move_due_retries(queue: Queue, overdue_seconds: float = 0) -> int:
+    """Enqueue the retries due ``overdue_seconds`` ago or more, as RQ's scheduler does every
+    second in a long-running worker. Removing the id from the ScheduledJobRegistry is the
+    claim: of two processes moving the same job, only the one that removed it enqueues it."""
+    registry = queue.scheduled_job_registry
+    moved = 0
+    for job_id in registry.get_jobs_to_schedule(int(time.time() - overdue_seconds)):
+        if not queue.connection.zrem(registry.key, job_id):
+            continue
+        job = queue.fetch_job(job_id)
+        if job is None:
+            continue
+        queue.enqueue_job(job)
+        moved += 1
+    return moved

@@ -1,0 +1,258 @@
+"""hookline's layer over RQ (shared/rqcompat.py) writes what RQ itself writes.
+
+The same job goes once through RQ's own code (``Queue.enqueue_job``, ``SimpleWorker``) and once
+through hookline's (the ingress's claim-and-enqueue script, the batch loop), each time into an
+empty Redis database; every key left behind is compared: type, value, expiry, timestamps and
+generated ids aside. An RQ upgrade that changes what RQ writes fails here first.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import SimpleWorker
+from rq.job import Job
+
+from shared import keys
+from shared.config import Settings
+from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, build_job, job_fields
+from shared.envelope import Envelope, InvalidEnvelope
+from shared.rqcompat import JobSerializer
+from tests.helpers import make_settings
+from tests.services import flush_except_lock
+from workers import runtime
+from workers.worker import EventWorker, drain, queues_for
+
+JOB_ID = "compare-job"  # not 32 hex digits: the normaliser tells it from generated ids
+ENVELOPE = Envelope(
+    source="flaky",
+    event_id="cmp-1",
+    received_at=1_700_000_000.5,
+    headers=(("Content-Type", "application/json"),),
+    body=b'{"id": "cmp-1", "type": "x"}',
+    remote="127.0.0.1",
+)
+_TIME = re.compile(
+    rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?|\b1[6-9]\d{8}(\.\d+)?\b|\b1[6-9]\d{11}-\d+\b"
+)
+_GENERATED_ID = re.compile(rb"\b[0-9a-f]{32}\b")
+#: fields whose text differs between two runs of the same job by nature
+_VARYING = {b"exc_info": b"<traceback>", b"exc_string": b"<traceback>", b"pid": b"<pid>"}
+
+
+def _norm(value: bytes) -> bytes:
+    return _GENERATED_ID.sub(b"<id>", _TIME.sub(b"<time>", value))
+
+
+def _hash(raw: dict[bytes, bytes]) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for field, value in raw.items():
+        if field in _VARYING:
+            out[field] = _VARYING[field]
+        elif field == b"data":
+            out[field] = JobSerializer.loads(zlib.decompress(value))
+        elif field in (b"retry_intervals", b"total_working_time"):
+            out[field] = "<jittered>" if field == b"retry_intervals" else "<seconds>"
+        else:
+            out[field] = _norm(value)
+    return out
+
+
+def snapshot(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes, Any]:
+    """Every key (but the test run's lock and ``skip`` prefixes), normalised."""
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(count=1000):
+        if key == b"hookline-test-run-lock" or key.startswith(skip):
+            continue
+        kind = client.type(key)
+        ttl = client.ttl(key)
+        value: Any
+        if kind == b"hash":
+            value = _hash(client.hgetall(key))
+        elif kind == b"list":
+            value = [_norm(v) for v in client.lrange(key, 0, -1)]
+        elif kind == b"set":
+            value = sorted(_norm(v) for v in client.smembers(key))
+        elif kind == b"zset":
+            value = sorted(_norm(m) for m in client.zrange(key, 0, -1))
+        elif kind == b"stream":
+            value = [_hash(fields) for _id, fields in client.xrange(key)]
+        else:
+            value = _norm(client.get(key) or b"")
+        out[_norm(key)] = (kind, value, "expires" if ttl > 0 else ttl)
+    return out
+
+
+def diff(ours: dict[bytes, Any], rqs: dict[bytes, Any]) -> list[str]:
+    problems = [f"only hookline wrote {k!r}: {ours[k]}" for k in ours.keys() - rqs.keys()]
+    problems += [f"only RQ wrote {k!r}: {rqs[k]}" for k in rqs.keys() - ours.keys()]
+    for k in ours.keys() & rqs.keys():
+        if ours[k] != rqs[k]:
+            problems.append(f"{k!r}:\n  hookline {ours[k]}\n  RQ       {rqs[k]}")
+    return problems
+
+
+# -- the ingress ------------------------------------------------------------------------------
+
+
+def test_the_claim_script_writes_the_job_rq_enqueue_writes(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    spec = JobSpec("hookline", 60, 100, 8, (5, 30, 120))
+    # Given the job RQ's own Queue.enqueue_job writes for an event
+    queue = queues_for(make_settings(sources={}), [], redis_client)[0]
+    job = build_job(ENVELOPE, spec, JOB_ID)
+    job.connection = redis_client
+    queue.enqueue_job(job)
+    rqs = snapshot(redis_client)
+    # When the ingress's claim-and-enqueue script queues the same event with the same id
+    flush_except_lock(redis_url)
+    claim = keys.claim_key(ENVELOPE.source, ENVELOPE.event_id)
+    args = [JOB_ID, spec.claim_ttl_seconds, *job_fields(ENVELOPE, spec)]
+    redis_client.eval(
+        CLAIM_AND_ENQUEUE, 4, claim, keys.job_key(JOB_ID), queue.key, keys.QUEUES_SET, *args
+    )
+    ours = snapshot(redis_client, skip=(keys.CLAIM.encode(),))
+    # Then every key RQ wrote is there, the same (the claim is hookline's own)
+    assert diff(ours, rqs) == []
+    assert redis_client.get(claim) == JOB_ID.encode()
+
+
+# -- the workers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOOKLINE_TEST_STATE", str(tmp_path))
+    return tmp_path
+
+
+def _settings(redis_url: str, tmp: Path, name: str, **worker: Any) -> Settings:
+    from shared.migrate import upgrade
+
+    db = f"sqlite:///{tmp / name}.db"
+    upgrade(db)
+    sources = {
+        "flaky": {
+            "scheme": "hmac",
+            "secrets": ["f"],
+            "event_id": "json:id",
+            "event_type": "json:type",
+        }
+    }
+    return make_settings(
+        redis_url,
+        db,
+        sources=sources,
+        worker={"handlers": ["tests.handlers_for_tests"], **worker},
+    )
+
+
+def _run(client: redis.Redis, settings: Settings, engine: str) -> dict[bytes, Any]:
+    """Queue ENVELOPE's job (by RQ's own enqueue), run it with ``engine``, snapshot Redis."""
+    runtime.configure(settings)
+    queue = queues_for(settings, [], client)[0]
+    job = build_job(ENVELOPE, JobSpec.from_settings(settings), JOB_ID)
+    job.connection = client
+    queue.enqueue_job(job)
+    if engine == "rq":
+        SimpleWorker([queue], connection=client, serializer=JobSerializer).work(burst=True)
+    else:
+        drain(EventWorker([queue], connection=client), [queue])
+    # the workers' own registrations differ by nature (names, pids, birth): compare the jobs'
+    return snapshot(client, skip=(b"rq:worker", b"rq:workers", b"rq:clean_registries"))
+
+
+@pytest.mark.parametrize(
+    "case, worker, fail",
+    [
+        ("finished", {"max_attempts": 3, "backoff_seconds": [30]}, 0),
+        ("retried", {"max_attempts": 3, "backoff_seconds": [30]}, 1),
+        ("failed", {"max_attempts": 1}, 1),
+    ],
+)
+def test_the_batch_loop_writes_what_rqs_own_worker_writes(
+    redis_client: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    state: Path,
+    case: str,
+    worker: dict[str, Any],
+    fail: int,
+) -> None:
+    # Given the same event job run by RQ's own SimpleWorker, and by hookline's batch loop
+    results = {}
+    for engine in ("rq", "hookline"):
+        flush_except_lock(redis_url)
+        (state / f"fail_{ENVELOPE.event_id}").write_text(str(fail))
+        settings = _settings(redis_url, tmp_path, engine, **worker)
+        results[engine] = _run(redis_client, settings, engine)
+    # Then what each left in Redis is the same, key for key
+    assert diff(results["hookline"], results["rq"]) == [], case
+    job = Job.fetch(JOB_ID, connection=redis_client, serializer=JobSerializer)
+    expected = {"finished": "finished", "retried": "scheduled", "failed": "failed"}[case]
+    assert job.get_status() == expected
+
+
+# -- no pickle -------------------------------------------------------------------------------
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("pwned",))
+
+
+def test_job_data_is_json_and_a_pickle_that_names_a_function_is_refused() -> None:
+    data = JobSerializer.dumps((keys.JOB_FUNC, None, (ENVELOPE.to_dict(),), {}))
+    assert json.loads(data)[2][0]["body"] == "eyJpZCI6ICJjbXAtMSIsICJ0eXBlIjogIngifQ=="
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        JobSerializer.loads(pickle.dumps((keys.JOB_FUNC, None, (_Boom(),), {})))
+
+
+def test_jobs_queued_before_the_upgrade_are_read() -> None:
+    # the version 1 envelope, pickled by RQ's default serializer (what hookline queued before)
+    old = {
+        "v": 1,
+        "source": "moncash",
+        "event_id": "evt_old",
+        "received_at": 1.5,
+        "headers": [["A", "b"]],
+        "body": b"{}",
+        "remote": None,
+        "replay": True,
+    }
+    data = pickle.dumps((keys.JOB_FUNC, None, (old,), {}), protocol=pickle.HIGHEST_PROTOCOL)
+    _, _, (envelope_data,), _ = JobSerializer.loads(data)
+    envelope = Envelope.from_dict(envelope_data)
+    assert (envelope.event_id, envelope.body, envelope.replay) == ("evt_old", b"{}", "dead")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        ("not a dict", "not an event envelope"),
+        ({"v": 3}, "unknown envelope version"),
+        ({"v": 2, "body": "***"}, "not base64"),
+        ({"v": 2, "body": "", "source": "", "event_id": "e"}, "source is not text"),
+        ({"v": 1, "body": "text"}, "body is not bytes"),
+        (
+            {"v": 2, "body": "", "source": "s", "event_id": "e", "received_at": "x"},
+            "received_at",
+        ),
+        (
+            {"v": 2, "body": "", "source": "s", "event_id": "e", "received_at": 1, "headers": 7},
+            "headers",
+        ),
+        ({"v": 2, "body": "", "replay": 1}, "replay"),
+    ],
+)
+def test_envelopes_that_are_not_what_hookline_wrote_are_refused(data: Any, reason: str) -> None:
+    with pytest.raises(InvalidEnvelope, match=reason):
+        Envelope.from_dict(data)
