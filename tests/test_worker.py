@@ -407,3 +407,71 @@ def test_a_last_attempt_stuck_between_dequeue_and_start_is_dead_lettered(
     assert (dl["event_id"], dl["permanent"]) == (event_id, 0)
     assert "abandoned" in dl["reason"]
     assert job_id in queue.failed_job_registry
+
+
+def test_jobs_queued_before_the_upgrade_are_processed(
+    redis_client: redis.Redis, settings: Settings, engine: Engine
+) -> None:
+    # Given an event job queued by the previous hookline: pickled by RQ's default serializer,
+    # envelope version 1 with the body as bytes
+    from rq import Queue
+
+    from shared import keys
+
+    body = body_of({"id": "evt_old", "event": "payment.completed", "reference": "OLD", "amount": 7})
+    old = {
+        "v": 1,
+        "source": "moncash",
+        "event_id": "evt_old",
+        "received_at": time.time(),
+        "headers": [["Content-Type", "application/json"]],
+        "body": body,
+        "remote": None,
+        "replay": False,
+    }
+    Queue(settings.queue, connection=redis_client).enqueue(keys.JOB_FUNC, old)
+    # When today's worker drains the queue
+    run_worker(redis_client, settings)
+    # Then it is applied like any other
+    [event] = rows(engine, webhook_events)
+    assert (event["event_id"], event["status"]) == ("evt_old", "processed")
+    [payment] = rows(engine, payments)
+    assert (payment["reference"], payment["amount"]) == ("OLD", 7)
+
+
+class _RunsCode:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def test_a_pickle_that_would_run_code_is_never_run_and_is_dead_lettered(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    # Given a job whose data, written straight into Redis by someone who could, is a pickle
+    # that creates a file when loaded
+    import pickle
+    import zlib
+
+    from rq import Queue
+
+    from shared import keys
+
+    marker = tmp_path / "pwned"
+    job = Queue(settings.queue, connection=redis_client).enqueue(keys.JOB_FUNC, "placeholder")
+    evil = pickle.dumps((keys.JOB_FUNC, None, (_RunsCode(marker),), {}))
+    redis_client.hset(keys.job_key(job.id), "data", zlib.compress(evil))
+    deliver(redis_client, settings, "moncash", n=3)
+    # When a worker drains the queue
+    run_worker(redis_client, settings)
+    # Then the code never ran, the job is dead-lettered with why, and the event beside it is
+    # applied
+    assert not marker.exists()
+    dead = [dl for dl in rows(engine, dead_letters) if dl["source"] == "_invalid"]
+    assert [(dl["event_id"], dl["permanent"]) for dl in dead] == [(job.id, 1)]
+    assert "cannot be read" in dead[0]["reason"]
+    assert [e["status"] for e in rows(engine, webhook_events) if e["source"] == "moncash"] == [
+        "processed"
+    ]
