@@ -1,6 +1,10 @@
 """Configuration: a TOML file, ``${NAME}`` strings read from the environment, and two
 environment overrides. Every mistake is a :class:`~shared.errors.ConfigError` that names the key,
-because a typo must never switch verification off."""
+because a typo must never switch verification off.
+
+A relative SQLite path in the file (``sqlite:///.hookline/hookline.db``) is relative to the
+file's folder, so every command finds the same database whatever its current directory; one in
+``$HOOKLINE_DATABASE_URL`` stays relative to the current directory, as a shell user expects."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# sqlite:///relative/path[?query] (an absolute path has a fourth slash)
+_RELATIVE_SQLITE = re.compile(r"(sqlite(?:\+\w+)?:///)([^/?][^?]*)(\?.*)?", re.S)
 DEFAULT_CONFIG_FILE = "hookline.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///hookline.db"
@@ -135,8 +141,8 @@ def settings_from_mapping(
     data = _expand(raw, env, "")
     _no_unknown(data, _TOP_KEYS, "")
     redis_url = env.get("HOOKLINE_REDIS_URL") or _get(data, "redis_url", str, DEFAULT_REDIS_URL)
-    database_url = env.get("HOOKLINE_DATABASE_URL") or _get(
-        data, "database_url", str, DEFAULT_DATABASE_URL
+    database_url = env.get("HOOKLINE_DATABASE_URL") or _relative_to(
+        _get(data, "database_url", str, DEFAULT_DATABASE_URL), path
     )
     sources_raw = _get(data, "sources", dict, {})
     sources = {name: _source(name, body) for name, body in sources_raw.items()}
@@ -149,6 +155,17 @@ def settings_from_mapping(
         sources=sources,
         path=path,
     )
+
+
+def _relative_to(database_url: str, config_path: Path | None) -> str:
+    """A relative SQLite path in the configuration file, made absolute against its folder."""
+    match = _RELATIVE_SQLITE.fullmatch(database_url)
+    if config_path is None or match is None:
+        return database_url
+    prefix, database, query = match.groups()
+    if database == ":memory:" or "uri=true" in (query or ""):
+        return database_url
+    return f"{prefix}{os.path.abspath(config_path.parent / database)}{query or ''}"
 
 
 def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
