@@ -14,10 +14,11 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 from rq import Queue, Worker
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from hookline.cli import EXIT_INTERRUPTED
 from shared.config import Settings
-from shared.db import make_engine
+from shared.db import dead_letters, make_engine
 from shared.enqueue import JobSpec
 from workers import deadletters
 
@@ -80,8 +81,8 @@ def dlq_list_rows(
         return deadletters.list_rows(engine, source=source, limit=limit, older_than_days=older_than)
 
 
-def _when(value: dt.datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+def _when(value: dt.datetime | None, never: str = "-") -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else never
 
 
 def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
@@ -100,7 +101,7 @@ def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
                     r["event_type"] or "-",
                     r["attempts"],
                     _when(r["failed_at"]),
-                    _when(r["replayed_at"]),
+                    _when(r["replayed_at"], "never"),
                     r["reason"],
                 )
             )
@@ -122,20 +123,21 @@ def dlq_get(settings: Settings, dead_letter_id: int) -> dict[str, Any] | None:
 
 
 def print_dlq_row(row: dict[str, Any]) -> None:
+    """For a person: yes/no, "never", "-"; ``--json`` has the values as stored."""
     title = escape(f"{row['id']}: {row['source']} / {row['event_id']}")
     console.print(f"[bold]dead letter[/bold] {title}")
-    for key in (
-        "event_type",
-        "reason",
-        "permanent",
-        "attempts",
-        "received_at",
-        "failed_at",
-        "replayed_at",
-        "replays",
-        "remote",
-    ):
-        console.print(f"  {key}: {row[key]}", markup=False)
+    fields = (
+        ("type", row["event_type"] or "-"),
+        ("reason", row["reason"]),
+        ("permanent", "yes" if row["permanent"] else "no (out of attempts)"),
+        ("attempts", row["attempts"]),
+        ("received", _when(row["received_at"])),
+        ("failed", _when(row["failed_at"])),
+        ("replayed", _replayed(row)),
+        ("from", row["remote"] or "-"),
+    )
+    for label, value in fields:
+        console.print(f"  {label}: {value}", markup=False)
     console.print("[bold]headers[/bold]")
     for name, value in row["headers"]:
         console.print(f"  {name}: {value}", markup=False)
@@ -147,29 +149,58 @@ def print_dlq_row(row: dict[str, Any]) -> None:
     console.print(row.get("body", f"(base64) {row.get('body_base64')}"), markup=False)
 
 
-def dlq_replay(settings: Settings, ids: Sequence[int] | None, source: str | None) -> None:
+def _replayed(row: dict[str, Any]) -> str:
+    if not row["replayed_at"]:
+        return "never"
+    times = row["replays"] or 1
+    return f"{_when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+
+
+def _existing(engine: Engine, ids: Sequence[int], source: str | None) -> set[int]:
+    query = select(dead_letters.c.id).where(dead_letters.c.id.in_(ids))
+    if source:
+        query = query.where(dead_letters.c.source == source)
+    with engine.connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+def dlq_replay(settings: Settings, ids: Sequence[int] | None, source: str | None) -> list[int]:
+    """Queue the given dead letters (or every one not already replayed) again; returns the
+    given ids that do not exist (or are not from ``source``)."""
     done = 0
     todo: list[int] = []
+    missing: list[int] = []
     try:
         with _engine(settings) as engine, _redis(settings) as redis:
             todo = deadletters.replay_ids(engine, ids, source)
-            if ids is not None and len(todo) < len(set(ids)):
+            if ids is not None:
                 missing = sorted(set(ids) - set(todo))
-                console.print(f"no dead letter with id {', '.join(map(str, missing))}")
             spec = JobSpec.from_settings(settings)
-            with Progress(console=console, transient=False) as progress:
-                task = progress.add_task("replaying", total=len(todo))
-                for _ in deadletters.replay(engine, redis, spec, todo):
-                    done += 1
-                    progress.advance(task)
+            if todo:
+                with Progress(console=console, transient=False) as progress:
+                    task = progress.add_task("replaying", total=len(todo))
+                    for _ in deadletters.replay(engine, redis, spec, todo):
+                        done += 1
+                        progress.advance(task)
     except KeyboardInterrupt:
         console.print(f"interrupted: replayed {done} of {len(todo)}; run again to send the rest")
-        raise SystemExit(130) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None
     console.print(f"replayed {done} dead letter(s)")
+    return missing
 
 
 def dlq_purge(
     settings: Settings, ids: Sequence[int] | None, older_than: float | None, source: str | None
-) -> int:
+) -> tuple[int, list[int]]:
+    """Delete the given dead letters (or all, with the filters); returns how many were deleted
+    and the given ids that do not exist (or are not from ``source``)."""
     with _engine(settings) as engine:
-        return deadletters.purge(engine, ids, older_than_days=older_than, source=source)
+        missing: list[int] = []
+        if ids is not None:
+            found = _existing(engine, ids, source)
+            missing = sorted(set(ids) - found)
+            ids = sorted(found)
+            if not ids:
+                return 0, missing
+        n = deadletters.purge(engine, ids, older_than_days=older_than, source=source)
+        return n, missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,8 @@ def test_dead_letter_tools_end_to_end(cli_env: dict[str, Any], redis_client: red
     assert shown["body"] == '{"id": "p-1", "type": "t"}'
     assert shown["errors"][0]["error"].startswith("PayloadError")
     assert ["X-Signature", "[redacted]"] in shown["headers"]
-    missing = invoke("dlq", "show", "999", "--config", config)
-    assert missing.exit_code == 1
+    missing = CliRunner().invoke(main, ["dlq", "show", "999", "--config", config])
+    assert missing.exit_code == 3 and missing.output == "hookline: no dead letter 999\n"
 
     # status
     status = json.loads(invoke("status", "--config", config, "--json").output)
@@ -217,3 +218,123 @@ def test_dead_letters_with_markup_in_them_print_literally(
     dl_id = json.loads(invoke("dlq", "list", "--config", config, "--json").output)[0]["id"]
     shown = invoke("dlq", "show", str(dl_id), "--config", config)
     assert shown.exit_code == 0 and "p-[/bold]" in shown.output
+
+
+def _dead_letters(cli_env: dict[str, Any], redis_client: redis.Redis, *event_ids: str) -> list[int]:
+    """Poison events dead-lettered by a worker; their dead letter ids, oldest first."""
+    config = cli_env["config"]
+    assert invoke("db", "upgrade", "--config", config).exit_code == 0
+    settings = runtime.configure(load_settings(config)).settings
+    (cli_env["state"] / "poison").write_text("")
+    for event_id in event_ids:
+        deliver(redis_client, settings, "poison", body=json.dumps({"id": event_id}).encode())
+    run_worker(redis_client, settings)
+    listed = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    return sorted(r["id"] for r in listed)
+
+
+def test_missing_dead_letter_ids_are_exit_3_with_one_line_everywhere(
+    cli_env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    # Given two dead letters, and an id that does not exist
+    config = cli_env["config"]
+    dl_id, other = _dead_letters(cli_env, redis_client, "p-1", "p-2")
+    runner = CliRunner()
+    # When an operator shows, replays or purges the missing id
+    for command in ("show", "replay", "purge"):
+        result = runner.invoke(main, ["dlq", command, "99999", "--config", config])
+        # Then each says so in the same line, with exit status 3 ("not found")
+        assert result.exit_code == 3, (command, result.output)
+        assert result.stderr == "hookline: no dead letter 99999\n", command
+    # and nothing was touched
+    assert invoke("status", "--config", config, "--json").exit_code == 0
+    assert [
+        r["id"] for r in json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    ] == [other, dl_id]
+
+    # When one id exists and the other does not, the one that exists is replayed
+    result = runner.invoke(main, ["dlq", "replay", str(dl_id), "99999", "--config", config])
+    assert result.exit_code == 3
+    assert "replayed 1 dead letter(s)" in result.stdout
+    assert result.stderr == "hookline: no dead letter 99999\n"
+    assert Queue("hookline", connection=redis_client).count == 1
+    # and purged
+    result = runner.invoke(main, ["dlq", "purge", "99999", str(dl_id), "--config", config])
+    assert result.exit_code == 3
+    assert result.stdout == "purged 1 dead letter(s)\n"
+    assert result.stderr == "hookline: no dead letter 99999\n"
+    assert [
+        r["id"] for r in json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    ] == [other]
+    # An id from another source is not found either (nothing outside the filter is touched)
+    result = runner.invoke(
+        main, ["dlq", "purge", str(other), "--source", "moncash", "--config", config]
+    )
+    assert result.exit_code == 3 and result.stderr == f"hookline: no dead letter {other}\n"
+    assert len(json.loads(invoke("dlq", "list", "--config", config, "--json").output)) == 1
+    # while --all finding nothing is not an error
+    assert (
+        invoke("dlq", "replay", "--all", "--source", "moncash", "--config", config).exit_code == 0
+    )
+
+
+def test_dlq_show_speaks_to_people_and_json_keeps_the_stored_values(
+    cli_env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    # Given a dead letter that was never replayed
+    config = cli_env["config"]
+    [dl_id] = _dead_letters(cli_env, redis_client, "p-1")
+    # When an operator shows it
+    shown = invoke("dlq", "show", str(dl_id), "--config", config)
+    # Then the answers are words, not Python values
+    assert shown.exit_code == 0
+    assert "  permanent: yes\n" in shown.output
+    assert "  replayed: never\n" in shown.output
+    assert "None" not in shown.output and ": 0\n" not in shown.output
+    # and --json keeps what is stored
+    raw = json.loads(invoke("dlq", "show", str(dl_id), "--config", config, "--json").output)
+    assert raw["permanent"] == 1 and raw["replayed_at"] is None
+    # When it has been replayed, show says when, and how many times
+    (cli_env["state"] / "poison").unlink()
+    assert invoke("dlq", "replay", str(dl_id), "--config", config).exit_code == 0
+    shown = invoke("dlq", "show", str(dl_id), "--config", config).output
+    assert re.search(r"  replayed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(1 time\)\n", shown), shown
+
+
+def test_a_relative_sqlite_path_in_the_file_is_relative_to_the_file(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a configuration in other/ with a relative SQLite path, as `hookline dev` writes it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    write_config(tmp_path / "other" / "hookline.toml", redis_url, "sqlite:///.hookline/h.db")
+    (tmp_path / "other" / ".hookline").mkdir()
+    # When commands run with --config other/hookline.toml from its parent, then from elsewhere
+    monkeypatch.chdir(tmp_path)
+    assert invoke("db", "upgrade", "--config", "other/hookline.toml").exit_code == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = invoke("status", "--config", "../other/hookline.toml", "--json")
+    # Then both use other/.hookline/h.db
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dead_letters"] == 0
+    assert (tmp_path / "other" / ".hookline" / "h.db").exists()
+    assert (
+        not (tmp_path / ".hookline").exists()
+        and not (tmp_path / "elsewhere" / ".hookline").exists()
+    )
+    # while HOOKLINE_DATABASE_URL, set in a shell, stays relative to the current directory
+    monkeypatch.setenv("HOOKLINE_DATABASE_URL", "sqlite:///mine.db")
+    assert load_settings("../other/hookline.toml").database_url == "sqlite:///mine.db"
+
+
+def test_a_sqlite_file_that_cannot_be_opened_is_named(tmp_path: Path, redis_url: str) -> None:
+    # Given a configuration whose SQLite file is in a folder that does not exist
+    config = write_config(tmp_path / "hookline.toml", redis_url, "sqlite:///no-such-dir/h.db")
+    # When a command needs the database
+    result = CliRunner().invoke(main, ["status", "--config", str(config)])
+    # Then one line names the file, and the exit status is 1 (the database cannot be reached)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "hookline: database error: unable to open database file:"
+        f" {tmp_path / 'no-such-dir' / 'h.db'} (does its folder exist?)\n"
+    )
