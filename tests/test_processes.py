@@ -321,3 +321,241 @@ def test_dev_killed_with_kill_9_leaves_no_child(tmp_path: Path) -> None:
         wait_until(
             lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 30, "children exit"
         )
+
+
+def _refused(procs: Any, argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run a command expected to stop at once; (exit status, stdout, stderr). If it does not
+    stop, ``processes()`` stops it when the test ends."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+    )
+    procs.procs.append(proc)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def _running_in(folder: Path) -> set[int]:
+    """Our processes whose current directory is ``folder``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == folder:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _listening(port: int) -> bool:
+    with __import__("socket").socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_dev(procs: Any, folder: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    dev = procs.start(
+        hookline("dev", "--port", str(port), *args), env_for(), folder / "dev.log", cwd=folder
+    )
+    log = folder / "dev.log"
+    wait_until(
+        lambda: "hookline is running" in log.read_text() or dev.poll() is not None, 60, "dev"
+    )
+    assert dev.poll() is None, log.read_text()[-3000:]
+    return dev
+
+
+def _send_moncash(folder: Path, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        hookline("send", "moncash", "--url", f"http://127.0.0.1:{port}"),
+        env=env_for(),
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_dev_and_worker_stop_at_once_on_a_handler_module_that_does_not_import(
+    tmp_path: Path,
+) -> None:
+    # Given the tour's handler with its `raise` removed and nothing written in its place
+    from hookline.dev import demo_config
+
+    redis_port, port = free_port(), free_port()
+    (tmp_path / "hookline.toml").write_text(
+        demo_config()
+        .replace("6390", str(redis_port))
+        .replace("[worker]\n", '[worker]\nhandlers = ["myhooks"]\n')
+    )
+    (tmp_path / "myhooks.py").write_text(
+        'from hookline import on\n\n\n@on("github", "ping")\ndef ping(event, session):\n'
+    )
+    with processes() as procs:
+        # When the user restarts `hookline dev`
+        status, out, err = _refused(
+            procs, hookline("dev", "--port", str(port)), tmp_path, env_for()
+        )
+        # Then it stops at once with one line naming the module and the error, exit status 2
+        assert status == 2, out + err
+        assert err.splitlines() == [
+            "hookline: configuration error: worker.handlers: cannot import 'myhooks':"
+            " IndentationError: expected an indented block after function definition on line 5"
+            " (myhooks.py, line 5)"
+        ]
+        assert "hookline is running" not in out
+        # and nothing was started
+        assert not _listening(redis_port) and not _listening(port)
+        assert _running_in(tmp_path) == set()
+        assert not (tmp_path / ".hookline").exists()
+        # When the user runs `hookline worker` with it, the same line, exit status 2
+        status, out, err = _refused(procs, hookline("worker"), tmp_path, env_for())
+        assert status == 2 and len(err.splitlines()) == 1, out + err
+        assert "cannot import 'myhooks': IndentationError" in err
+
+
+def test_a_second_dev_refuses_at_once_naming_what_holds_its_ports(tmp_path: Path) -> None:
+    # Given `hookline dev` running in folder a, with its demo configuration
+    from hookline.dev import demo_config
+
+    redis_port, port, other_port = free_port(), free_port(), free_port()
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
+    with processes() as procs:
+        dev = _start_dev(procs, first, port)
+        children = _children(dev.pid)
+        client = redis.Redis(port=redis_port)
+        redis_pid = client.info("server")["process_id"]
+        client.close()
+        # When a second `hookline dev` starts in folder b, on the same ingress port
+        status, out, err = _refused(procs, hookline("dev", "--port", str(port)), second, env_for())
+        # Then it refuses at once, naming the port and what holds it
+        assert status == 2, out + err
+        [line] = err.splitlines()
+        assert line.startswith(f"hookline: port {port} is in use (pid "), line
+        assert "hookline.cli serve" in line
+        assert line.endswith("is another `hookline dev` running? stop it or pass --port")
+        # When it gets another ingress port, it refuses on the Redis port, naming that Redis
+        status, out, err = _refused(
+            procs, hookline("dev", "--port", str(other_port)), second, env_for()
+        )
+        assert status == 2, out + err
+        assert err.splitlines() == [
+            f"hookline: port {redis_port} is in use by another Redis (pid {redis_pid},"
+            f" dir {first / '.hookline'}): is another `hookline dev` running?"
+            " stop it or change redis_url in hookline.toml"
+        ]
+        # and so it does with a configuration of the user's own pointing at that Redis (it is
+        # another dev's: its folder is a .hookline)
+        own = second / "own.toml"
+        own.write_text(config_text(f"redis://127.0.0.1:{redis_port}/0", "sqlite:///own.db"))
+        status, out, err = _refused(
+            procs,
+            hookline("dev", "--port", str(other_port), "--config", "own.toml"),
+            second,
+            env_for(),
+        )
+        assert status == 2 and len(err.splitlines()) == 1, out + err
+        assert f"in use by another Redis (pid {redis_pid}, dir {first / '.hookline'})" in err
+        # Nothing of the second one is left, and the first one goes on as before
+        assert _running_in(second) == set()
+        assert not (second / ".hookline").exists() and not (second / "own.db").exists()
+        assert not _listening(other_port)
+        assert _children(dev.pid) == children
+        sent = _send_moncash(first, port)
+        assert sent.returncode == 0 and sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        engine = make_engine(f"sqlite:///{first / '.hookline' / 'hookline.db'}")
+        wait_until(lambda: count(engine, payments) == 1, 30, "the payment row")
+        engine.dispose()
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0
+
+
+def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_path: Path) -> None:
+    # Given a Redis of the user's own, not started by `hookline dev`
+    redis_port, port = free_port(), free_port()
+    (tmp_path / "redis").mkdir()
+    argv = [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1"]
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    own, demo = tmp_path / "own", tmp_path / "demo"
+    own.mkdir()
+    demo.mkdir()
+    with processes() as procs:
+        server = procs.start(
+            [*argv, "--dir", str(tmp_path / "redis")], env_for(), tmp_path / "r.log"
+        )
+        client = redis.Redis.from_url(redis_url)
+        wait_until(client.ping, 10, "redis starting")
+        # When `hookline dev` runs with the user's own configuration pointing at it
+        (own / "hookline.toml").write_text(config_text(redis_url, "sqlite:///own.db"))
+        dev = _start_dev(procs, own, port)
+        # Then it says it uses it, starts no Redis of its own, and the pipeline works through it
+        log = (own / "dev.log").read_text()
+        assert (
+            f"using the Redis (pid {server.pid}, dir {tmp_path / 'redis'}) on port {redis_port}"
+            in log
+        )
+        assert len(_children(dev.pid)) == 2  # ingress, worker
+        sent = _send_moncash(own, port)
+        assert sent.returncode == 0 and sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        engine = make_engine(f"sqlite:///{own / 'own.db'}")
+        wait_until(lambda: count(engine, payments) == 1, 30, "the payment row")
+        engine.dispose()
+        # and stopping dev leaves that Redis running
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0
+        assert server.poll() is None and client.ping()
+        # When the configuration is the demo file `hookline dev` wrote, it refuses instead
+        from hookline.dev import demo_config
+
+        (demo / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
+        status, out, err = _refused(procs, hookline("dev", "--port", str(port)), demo, env_for())
+        assert status == 2, out + err
+        assert err.splitlines() == [
+            f"hookline: port {redis_port} is in use by another Redis (pid {server.pid},"
+            f" dir {tmp_path / 'redis'}): stop it or change redis_url in hookline.toml"
+        ]
+        client.close()
+    # When what holds the port is not a Redis at all, it says so and names it
+    with __import__("socket").socket() as holder, processes() as procs:
+        holder.bind(("127.0.0.1", redis_port))
+        holder.listen()
+        status, out, err = _refused(procs, hookline("dev", "--port", str(port)), own, env_for())
+        assert status == 2, out + err
+        [line] = err.splitlines()
+        assert line.startswith(
+            f"hookline: port {redis_port} is in use by something that is not Redis"
+            f" (pid {os.getpid()}: "
+        ), line
+        assert line.endswith("stop it or change redis_url in hookline.toml")
+
+
+def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, redis_url: str) -> None:
+    # Given a port something already listens on
+    config = tmp_path / "hookline.toml"
+    config.write_text(config_text(redis_url, f"sqlite:///{tmp_path / 's.db'}"))
+    with __import__("socket").socket() as holder, processes() as procs:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # When `hookline serve` is asked to listen on it
+        status, out, err = _refused(
+            procs,
+            hookline("serve", "--host", "127.0.0.1", "--port", str(port)),
+            tmp_path,
+            env_for(HOOKLINE_CONFIG=str(config)),
+        )
+    # Then one line names the address, and the exit status is 2
+    assert status == 2, out + err
+    assert err.splitlines() == [
+        f"hookline: error while attempting to bind on address ('127.0.0.1', {port}):"
+        " address already in use: pass another port"
+    ]
