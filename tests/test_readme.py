@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
+
+from hookline import cli
+from hookline.cli import main
 from shared.config import IngestSettings, WorkerSettings, settings_from_mapping
 from shared.signatures import SCHEMES
 
@@ -50,3 +56,107 @@ def test_compose_and_procfile_use_the_same_commands() -> None:
     for sub in ("db upgrade", "serve", "worker"):
         assert f"hookline {sub}" in procfile
         assert '["hookline", "' + '", "'.join(sub.split()) + '"' in compose
+
+
+# -- the Commands section ------------------------------------------------------------------
+
+COMMON_OPTIONS = {"--config", "--help"}  # stated once, above the table
+
+
+def _commands(
+    group: click.Group, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, click.Command]]:
+    """Every command under ``group``, groups included, as ("dlq replay", command)."""
+    for name, command in sorted(group.commands.items()):
+        yield " ".join((*path, name)), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def _options(command: click.Command) -> list[click.Option]:
+    return [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+
+
+def _rows() -> dict[str, tuple[list[str], str]]:
+    """The README's Commands table: command name -> (its arguments, its options cell)."""
+    table = README.split("<!-- commands -->", 1)[1].strip().split("\n\n", 1)[0]
+    rows: dict[str, tuple[list[str], str]] = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        assert len(cells) == 3, line
+        words = cells[0].strip("`").split()
+        assert words[0] == "hookline", line
+        name = [w for w in words[1:] if re.fullmatch(r"[a-z-]+", w)]
+        rows[" ".join(name)] = (words[1 + len(name) :], cells[1].replace("\\|", "|"))
+    return rows
+
+
+def _documented_options(cell: str) -> dict[str, str | None]:
+    """``--name METAVAR`` spans of a row's options cell -> {name: metavar or None}."""
+    spans = [s.split(" ", 1) for s in re.findall(r"`(--[^`]+)`", cell)]
+    return {s[0]: (s[1] if len(s) > 1 else None) for s in spans}
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    for name, command in _commands(main):
+        assert command.help, f"hookline {name} has no help text"
+        for option in _options(command):
+            assert option.help, f"hookline {name} {option.opts[0]} has no help text"
+
+
+def test_the_commands_table_and_the_code_agree_both_ways() -> None:
+    rows = _rows()
+    leaves = {n: c for n, c in _commands(main) if not isinstance(c, click.Group)}
+    # each command is in the table, and each row is a command
+    assert sorted(rows) == sorted(leaves)
+    for name, command in leaves.items():
+        arguments, cell = rows[name]
+        # its arguments, as --help names them
+        expected = [
+            p.metavar or (p.name or "").upper()
+            for p in command.params
+            if isinstance(p, click.Argument)
+        ]
+        assert arguments == expected, f"hookline {name}: README {arguments}, code {expected}"
+        # each option in --help is in its row, with the same metavar, and the reverse
+        documented = _documented_options(cell)
+        options = {o.opts[0]: o for o in _options(command) if o.opts[0] not in COMMON_OPTIONS}
+        assert sorted(documented) == sorted(options), f"hookline {name}"
+        for opt_name, option in options.items():
+            metavar = None if option.is_flag else option.metavar
+            assert documented[opt_name] == metavar, f"hookline {name} {opt_name}"
+            if option.multiple:
+                assert f"`{opt_name} {metavar}` (repeatable" in cell, f"hookline {name} {opt_name}"
+            # a default --help shows is stated too (serve --host 0.0.0.0, --port 8080...)
+            if option.show_default:
+                assert f"`{opt_name} {metavar}` (default `{option.default}`" in cell, opt_name
+        # and every command takes the options stated once above the table
+        assert COMMON_OPTIONS.issubset({o.opts[0] for o in _options(command)} | {"--help"})
+    intro = README.split("## Commands", 1)[1].split("<!-- commands -->", 1)[0]
+    for opt_name in COMMON_OPTIONS:
+        assert f"`{opt_name}" in intro
+    # the groups' own options (hookline --version)
+    for name, command in [("", main), *_commands(main)]:
+        if isinstance(command, click.Group):
+            for option in _options(command):
+                assert (
+                    f"`{' '.join(['hookline', name, option.opts[0]]).replace('  ', ' ')}`" in intro
+                )
+
+
+def test_every_exit_status_is_documented() -> None:
+    block = README.split("<!-- exit-statuses -->", 1)[1].split("\n\n", 1)[0]
+    documented = {int(n) for n in re.findall(r"^- `(\d+)`:", block, re.M)}
+    statuses = {v for k, v in vars(cli).items() if k.startswith("EXIT_")}
+    assert documented == statuses
+
+
+def test_every_python_example_compiles() -> None:
+    """A handler the README shows (the tour's fixed one, the handler section's) is whole
+    Python, not a function left without a body."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        text = textwrap.dedent(block)
+        compile(text, "README.md", "exec")
+        assert "from workers import" not in text and "shared.errors" not in text
