@@ -10,9 +10,11 @@ import errno
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from redis.exceptions import RedisError
@@ -20,6 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
+from shared.eventlog import FilterError
+
+if TYPE_CHECKING:
+    from hookline.ops import Operations
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,6 +83,18 @@ def source_option(what: str) -> Callable[[F], F]:
     return click.option("--source", default=None, metavar="SOURCE", help=f"Only {what}.")
 
 
+def type_option(what: str) -> Callable[[F], F]:
+    return click.option("--type", "event_type", default=None, metavar="TYPE", help=f"Only {what}.")
+
+
+since_option = click.option(
+    "--since",
+    default=None,
+    metavar="ISO|DAYS",
+    help="Only events received since this time (ISO 8601) or this many days ago.",
+)
+
+
 #: the database URL of the settings the command loaded, to name a SQLite file it cannot open
 _database_url: str | None = None
 
@@ -105,6 +123,8 @@ def one_line_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigError as err:
             fail(f"configuration error: {err}", EXIT_USAGE)
+        except FilterError as err:
+            fail(str(err), EXIT_USAGE)
         except CommandFailed as err:
             fail(str(err), err.status)
         except RedisError as err:
@@ -217,13 +237,30 @@ def worker(
 @one_line_errors
 def status(config_path: str | None, as_json: bool) -> None:
     """Queue depth, jobs running, events waiting to retry, dead letters, workers alive."""
-    from hookline.ops import gather_status, print_status
+    from hookline import printing
 
-    data = gather_status(_settings(config_path))
+    with _ops(config_path) as ops:
+        data = ops.status()
     if as_json:
         _echo_json(data)
     else:
-        print_status(data)
+        printing.status(data)
+
+
+@contextmanager
+def _ops(config_path: str | None) -> Iterator[Operations]:
+    from hookline.ops import Operations
+
+    with Operations(_settings(config_path)) as ops:
+        yield ops
+
+
+def _interrupted(done: int, total: int, what: str) -> NoReturn:
+    click.echo(f"interrupted: {what} {done} of {total}; run again to send the rest")
+    sys.exit(EXIT_INTERRUPTED)
+
+
+# -- dead letters ---------------------------------------------------------------------------
 
 
 @main.group()
@@ -234,11 +271,12 @@ def dlq() -> None:
 @dlq.command("list")
 @config_option
 @source_option("dead letters from this source")
+@type_option("dead letters of this event type")
 @click.option(
     "--limit",
     default=50,
     show_default=True,
-    type=click.IntRange(1, 100000),
+    type=click.IntRange(1, 1000),
     metavar="N",
     help="Show at most N.",
 )
@@ -246,16 +284,24 @@ def dlq() -> None:
 @json_option
 @one_line_errors
 def dlq_list(
-    config_path: str | None, source: str | None, limit: int, older_than: float | None, as_json: bool
+    config_path: str | None,
+    source: str | None,
+    event_type: str | None,
+    limit: int,
+    older_than: float | None,
+    as_json: bool,
 ) -> None:
     """Dead letters, newest first."""
-    from hookline.ops import dlq_list_rows, print_dlq_list
+    from hookline import printing
+    from workers.deadletters import older_than as older
 
-    rows = dlq_list_rows(_settings(config_path), source, limit, older_than)
+    flt = replace(older(older_than), source=source, type=event_type)
+    with _ops(config_path) as ops:
+        rows = ops.dead_letters(flt, limit=limit).rows
     if as_json:
         _echo_json(rows)
     else:
-        print_dlq_list(rows)
+        printing.dead_letters(rows)
 
 
 @dlq.command("show")
@@ -265,21 +311,34 @@ def dlq_list(
 @one_line_errors
 def dlq_show(config_path: str | None, dead_letter_id: int, as_json: bool) -> None:
     """One dead letter: headers, body, every attempt's error."""
-    from hookline.ops import dlq_get, print_dlq_row
+    from hookline import printing
+    from hookline.ops import dead_letter_json
 
-    row = dlq_get(_settings(config_path), dead_letter_id)
+    with _ops(config_path) as ops:
+        row = ops.dead_letter(dead_letter_id)
     if row is None:
         not_found("dead letter", [dead_letter_id])
     if as_json:
-        _echo_json(row)
+        _echo_json(dead_letter_json(row))
     else:
-        print_dlq_row(row)
+        printing.dead_letter(row)
 
 
 def _ids_or_all(ids: tuple[int, ...], all_: bool) -> list[int] | None:
     if bool(ids) == all_:
         raise click.UsageError("give dead letter ids or --all (not both)")
     return None if all_ else list(ids)
+
+
+def _given(ops: Operations, ids: list[int], source: str | None) -> tuple[list[int], list[int]]:
+    """The given ids that are dead letters (of ``source``), and those that are not."""
+    from shared.eventlog import Filter
+
+    found = ops.existing_dead_letters(ids)
+    if source:
+        of_source = set(ops.dead_letter_ids(Filter(source=source)))
+        found = [i for i in found if i in of_source]
+    return found, sorted(set(ids) - set(found))
 
 
 @dlq.command("replay")
@@ -292,9 +351,23 @@ def dlq_replay(
     config_path: str | None, ids: tuple[int, ...], all_: bool, source: str | None
 ) -> None:
     """Send dead letters back through the workers (Ctrl-C stops cleanly between two)."""
-    from hookline.ops import dlq_replay as replay
+    from hookline import printing
+    from shared.eventlog import Filter
 
-    missing = replay(_settings(config_path), _ids_or_all(ids, all_), source)
+    given = _ids_or_all(ids, all_)
+    with _ops(config_path) as ops:
+        if given is None:
+            todo = ops.dead_letter_ids(Filter(source=source), waiting_replay=False)
+            missing: list[int] = []
+        else:
+            todo, missing = _given(ops, given, source)
+        done = 0
+        try:
+            for _ in printing.with_progress("replaying", len(todo), ops.replay_dead(todo)):
+                done += 1
+        except KeyboardInterrupt:
+            _interrupted(done, len(todo), "replayed")
+    click.echo(f"replayed {done} dead letter(s)")
     if missing:
         not_found("dead letter", missing)
 
@@ -314,14 +387,197 @@ def dlq_purge(
     source: str | None,
 ) -> None:
     """Delete dead letters (--older-than alone means --all --older-than)."""
-    from hookline.ops import dlq_purge as purge
+    from workers.deadletters import older_than as older
 
     if not ids and not all_ and older_than is not None:
         all_ = True
-    n, missing = purge(_settings(config_path), _ids_or_all(ids, all_), older_than, source)
+    given = _ids_or_all(ids, all_)
+    with _ops(config_path) as ops:
+        if given is None:
+            todo = ops.dead_letter_ids(replace(older(older_than), source=source))
+            missing: list[int] = []
+        else:
+            todo, missing = _given(ops, given, source)
+            if older_than is not None:
+                old = set(ops.dead_letter_ids(older(older_than)))
+                todo = [i for i in todo if i in old]
+        n = ops.purge_dead(todo)
     click.echo(f"purged {n} dead letter(s)")
     if missing:
         not_found("dead letter", missing)
+
+
+# -- the event log --------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """The event log: every event the workers finished, its body, its timeline."""
+
+
+@events.command("list")
+@config_option
+@source_option("events from this source")
+@type_option("events of this type")
+@click.option(
+    "--status",
+    type=click.Choice(["processed", "ignored", "dead"]),
+    default=None,
+    metavar="processed|ignored|dead",
+    help="Only events with this outcome.",
+)
+@since_option
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="Show at most N.",
+)
+@click.option(
+    "--before",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="ID",
+    help="Only events listed before row ID (the next page).",
+)
+@json_option
+@one_line_errors
+def events_list(
+    config_path: str | None,
+    source: str | None,
+    event_type: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+    before: int | None,
+    as_json: bool,
+) -> None:
+    """Events, newest first."""
+    from hookline import printing
+    from shared.eventlog import Filter
+
+    flt = Filter.parse({"source": source, "type": event_type, "status": status, "since": since})
+    with _ops(config_path) as ops:
+        page = ops.events(flt, limit=limit, before=before)
+    if as_json:
+        _echo_json({"events": page.rows, "next_before": page.next_before})
+    else:
+        printing.events(page.rows, page.next_before)
+
+
+@events.command("show")
+@config_option
+@click.argument("source", metavar="SOURCE")
+@click.argument("event_id", metavar="EVENT_ID")
+@json_option
+@one_line_errors
+def events_show(config_path: str | None, source: str, event_id: str, as_json: bool) -> None:
+    """One event: its timeline (received, each attempt's error, its outcome), headers, body."""
+    from hookline import printing
+    from hookline.ops import event_json
+
+    with _ops(config_path) as ops:
+        detail = ops.event(source, event_id)
+    if detail is None:
+        fail(f"no event {source} {event_id}", EXIT_NOT_FOUND)
+    if as_json:
+        _echo_json(event_json(detail))
+    else:
+        printing.event(detail)
+
+
+@events.command("replay")
+@config_option
+@click.argument("source_arg", required=False, metavar="[SOURCE]")
+@click.argument("event_id", required=False, metavar="[EVENT_ID]")
+@click.option(
+    "--status",
+    type=click.Choice(["ignored"]),
+    default=None,
+    metavar="ignored",
+    help="Every event ignored (no handler when it arrived) that the filters match.",
+)
+@source_option("events from this source")
+@type_option("events of this type")
+@since_option
+@one_line_errors
+def events_replay(
+    config_path: str | None,
+    source_arg: str | None,
+    event_id: str | None,
+    status: str | None,
+    source: str | None,
+    event_type: str | None,
+    since: str | None,
+) -> None:
+    """Run events ignored for want of a handler again, each applied once (Ctrl-C stops
+    cleanly between two; running it again changes nothing more)."""
+    from hookline import printing
+    from shared.eventlog import Filter
+
+    if bool(source_arg) == bool(status) or bool(source_arg) != bool(event_id):
+        raise click.UsageError("give SOURCE EVENT_ID, or --status ignored with filters")
+    with _ops(config_path) as ops:
+        if source_arg and event_id:
+            todo = _replayable_event(ops, source_arg, event_id)
+            if todo is None:
+                return
+        else:
+            flt = Filter.parse({"source": source, "type": event_type, "since": since})
+            todo = ops.ignored_to_replay(flt)
+        done = 0
+        try:
+            for _ in printing.with_progress("replaying", len(todo), ops.replay_ignored(todo)):
+                done += 1
+        except KeyboardInterrupt:
+            _interrupted(done, len(todo), "replayed")
+    click.echo(f"replayed {done} event(s)")
+
+
+def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple[str, str]] | None:
+    """The one event to replay as ignored; a dead one goes through its dead letter; one
+    already applied is said so (exit 0: there is nothing to do)."""
+    detail = ops.event(source, event_id)
+    if detail is None:
+        fail(f"no event {source} {event_id}", EXIT_NOT_FOUND)
+    kind = detail.replayable
+    if kind == "ignored":
+        return [(source, event_id)]
+    if kind == "dead" and detail.dead_letter is not None:
+        list(ops.replay_dead([detail.dead_letter["id"]]))
+        click.echo(f"replayed dead letter {detail.dead_letter['id']}")
+        return None
+    why = "its body is no longer kept" if detail.row["status"] == "ignored" else "nothing to do"
+    click.echo(f"event {source} {event_id} is {detail.row['status']}: {why}")
+    return None
+
+
+@main.command()
+@config_option
+@source_option("requests for this source (_unknown: sources not configured)")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="Show at most N.",
+)
+@json_option
+@one_line_errors
+def rejections(config_path: str | None, source: str | None, limit: int, as_json: bool) -> None:
+    """Requests the ingress refused, newest first: answer, reason, address, size, header
+    names (never a header value or a body byte)."""
+    from hookline import printing
+
+    with _ops(config_path) as ops:
+        found = ops.rejections(source, limit)
+    if as_json:
+        _echo_json([r.to_json() for r in found])
+    else:
+        printing.rejections(found)
 
 
 @main.group()
@@ -339,6 +595,26 @@ def db_upgrade(config_path: str | None) -> None:
     settings = _settings(config_path, required=False)
     upgrade(settings.database_url)
     click.echo("database schema is up to date")
+
+
+@db.command("prune")
+@config_option
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DAYS",
+    help="Delete the bodies of events received more than DAYS ago (default: [archive] "
+    "retention_days).",
+)
+@one_line_errors
+def db_prune(config_path: str | None, older_than: float | None) -> None:
+    """Delete old event bodies, in small chunks (the events' rows stay)."""
+    with _ops(config_path) as ops:
+        days = ops.settings.archive.retention_days if older_than is None else older_than
+        n = ops.prune(days)
+    click.echo(f"pruned {n} event bodies older than {days:g} day(s)")
 
 
 @main.command()

@@ -1,206 +1,221 @@
-"""What the operator commands do: ``status`` and ``dlq list|show|replay|purge``."""
+"""What operators can see and do, for the command line and the console alike.
+
+:class:`Operations` holds one Redis client and one database engine; every method is a plain
+synchronous call (the console runs them in a thread). Printing is :mod:`hookline.printing`'s.
+Names in the answers are the ones the JSON API and ``--json`` show.
+"""
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import json
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redis import Redis
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import Progress
-from rich.table import Table
 from rq import Queue, Worker
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from hookline.cli import EXIT_INTERRUPTED
+from shared import eventlog, traffic
 from shared.config import Settings
-from shared.db import dead_letters, make_engine
+from shared.db import make_engine
 from shared.enqueue import JobSpec
+from shared.eventlog import EventDetail, Filter, Page
+from shared.rqcompat import JobSerializer
 from workers import deadletters
 
-console = Console()
+
+def connect_redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
 
 
-@contextmanager
-def _redis(settings: Settings) -> Iterator[Redis]:
-    client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
-    try:
-        yield client
-    finally:
-        client.close()
+class Operations:
+    """One deployment as its operators see it."""
 
+    def __init__(
+        self, settings: Settings, *, engine: Engine | None = None, redis: Redis | None = None
+    ) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._redis = redis
 
-@contextmanager
-def _engine(settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(settings.database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+    # the command line opens what a command needs, and only that
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url)
+        return self._engine
 
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = connect_redis(self.settings)
+        return self._redis
 
-def gather_status(settings: Settings) -> dict[str, Any]:
-    with _redis(settings) as redis, _engine(settings) as engine:
-        queue = Queue(settings.queue, connection=redis)
-        workers = Worker.all(queue=queue)
+    @property
+    def queue(self) -> Queue:
+        return Queue(self.settings.queue, connection=self.redis, serializer=JobSerializer)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        if self._redis is not None:
+            self._redis.close()
+
+    def __enter__(self) -> Operations:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self, *, details: bool = False) -> dict[str, Any]:
+        """The queue's counts, dead letters, workers; with ``details``, what each worker holds
+        and the last hour's traffic by source."""
+        queue, redis = self.queue, self.redis
+        workers = Worker.all(queue=queue, serializer=JobSerializer)
         # raw counts: RQ's registry.count would run a cleanup as a side effect
-        return {
-            "queue": settings.queue,
+        out: dict[str, Any] = {
+            "queue": self.settings.queue,
             "queued": redis.llen(queue.key),
             "running": redis.zcard(queue.started_job_registry.key),
             "waiting_to_retry": redis.zcard(queue.scheduled_job_registry.key),
             "failed_jobs": redis.zcard(queue.failed_job_registry.key),
-            "dead_letters": deadletters.count(engine),
+            "dead_letters": deadletters.count(self.engine),
             "workers_alive": len(workers),
             "workers": [{"name": w.name, "state": w.get_state()} for w in workers],
         }
+        if details:
+            out["workers"] = [_worker(w) for w in workers]
+            out["last_hour"] = self.last_hour()
+        return out
+
+    def last_hour(self) -> dict[str, dict[str, Any]]:
+        """Per source: accepted, duplicates, and rejected by reason, over the last hour."""
+        out: dict[str, dict[str, Any]] = {}
+        for source, kinds in sorted(traffic.last_hour(self.redis).items()):
+            rejected = {k.split(":", 1)[1]: n for k, n in kinds.items() if ":" in k}
+            out[source] = {
+                "accepted": kinds.get("accepted", 0),
+                "duplicates": kinds.get("duplicate", 0),
+                "rejected": dict(sorted(rejected.items())),
+            }
+        return out
+
+    # -- the event log ---------------------------------------------------------------------
+
+    def events(self, flt: Filter, *, limit: int = 50, before: int | None = None) -> Page:
+        return eventlog.list_events(self.engine, flt, limit=limit, before=before)
+
+    def event(self, source: str, event_id: str) -> EventDetail | None:
+        return eventlog.get_event(self.engine, source, event_id)
+
+    def ignored_to_replay(
+        self, flt: Filter, keys: Sequence[tuple[str, str]] | None = None
+    ) -> list[tuple[str, str]]:
+        return eventlog.ignored_to_replay(self.engine, flt, keys)
+
+    def replay_ignored(self, keys: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+        spec = JobSpec.from_settings(self.settings)
+        return eventlog.replay_ignored(self.engine, self.redis, spec, keys)
+
+    def prune(self, older_than_days: float) -> int:
+        return eventlog.prune(self.engine, older_than_days)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, flt: Filter, *, limit: int = 50, before: int | None = None) -> Page:
+        return deadletters.list_page(self.engine, flt, limit=limit, before=before)
+
+    def dead_letter(self, dead_letter_id: int) -> dict[str, Any] | None:
+        return deadletters.get_row(self.engine, dead_letter_id)
+
+    def dead_letter_ids(self, flt: Filter, *, waiting_replay: bool = True) -> list[int]:
+        return deadletters.matching_ids(self.engine, flt, waiting_replay=waiting_replay)
+
+    def existing_dead_letters(self, ids: Sequence[int]) -> list[int]:
+        return deadletters.existing(self.engine, ids)
+
+    def replay_dead(
+        self, ids: Sequence[int], on_each: Callable[[int, str], None] | None = None
+    ) -> Iterator[int]:
+        spec = JobSpec.from_settings(self.settings)
+        return deadletters.replay(self.engine, self.redis, spec, ids, on_each)
+
+    def purge_dead(self, ids: Sequence[int]) -> int:
+        return deadletters.purge(self.engine, ids)
+
+    # -- rejections ------------------------------------------------------------------------
+
+    def rejections(self, source: str | None = None, limit: int = 100) -> list[traffic.Rejection]:
+        """The newest rejections of ``source``, or of every configured source and the
+        unknown ones."""
+        sources = [source] if source else [*sorted(self.settings.sources), traffic.UNKNOWN]
+        return traffic.recent_rejections(self.redis, sources, limit=limit)
 
 
-def print_status(data: dict[str, Any]) -> None:
-    table = Table(show_header=False, box=None)
-    for label, key in (
-        ("queue", "queue"),
-        ("queued", "queued"),
-        ("running", "running"),
-        ("waiting to retry", "waiting_to_retry"),
-        ("dead letters", "dead_letters"),
-        ("workers alive", "workers_alive"),
-    ):
-        table.add_row(label, str(data[key]))
-    console.print(table)
+def _worker(worker: Any) -> dict[str, Any]:
+    executions = worker.get_current_executions()
+    return {
+        "name": worker.name,
+        "state": worker.get_state(),
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "last_heartbeat": worker.last_heartbeat,
+        "successful_jobs": worker.successful_job_count,
+        "failed_jobs": worker.failed_job_count,
+        "holds": [
+            {"job_id": e.job_id, "event": _description(e), "since": e.created_at}
+            for e in executions
+        ],
+    }
 
 
-def dlq_list_rows(
-    settings: Settings, source: str | None, limit: int, older_than: float | None = None
-) -> list[dict[str, Any]]:
-    with _engine(settings) as engine:
-        return deadletters.list_rows(engine, source=source, limit=limit, older_than_days=older_than)
-
-
-def _when(value: dt.datetime | None, never: str = "-") -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else never
-
-
-def print_dlq_list(rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        console.print("no dead letters")
-        return
-    table = Table("id", "source", "event id", "type", "attempts", "died", "replayed", "reason")
-    for r in rows:
-        table.add_row(
-            *(
-                escape(str(v))
-                for v in (
-                    r["id"],
-                    r["source"],
-                    r["event_id"],
-                    r["event_type"] or "-",
-                    r["attempts"],
-                    _when(r["failed_at"]),
-                    _when(r["replayed_at"], "never"),
-                    r["reason"],
-                )
-            )
-        )
-    console.print(table)
-
-
-def dlq_get(settings: Settings, dead_letter_id: int) -> dict[str, Any] | None:
-    with _engine(settings) as engine:
-        row = deadletters.get_row(engine, dead_letter_id)
-    if row is None:
+def _description(execution: Any) -> str | None:
+    try:
+        return str(execution.job.description)
+    except Exception:  # the job expired meanwhile
         return None
-    body: bytes = row.pop("body")
+
+
+def body_for_humans(body: bytes | None) -> dict[str, Any]:
+    """``{"body": text}`` (JSON pretty-printed), or ``{"body_base64": ...}`` when it is not
+    text, or ``{}`` when the body is no longer kept."""
+    if body is None:
+        return {}
     try:
-        row["body"] = body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
-        row["body_base64"] = base64.b64encode(body).decode()
-    return row
-
-
-def print_dlq_row(row: dict[str, Any]) -> None:
-    """For a person: yes/no, "never", "-"; ``--json`` has the values as stored."""
-    title = escape(f"{row['id']}: {row['source']} / {row['event_id']}")
-    console.print(f"[bold]dead letter[/bold] {title}")
-    fields = (
-        ("type", row["event_type"] or "-"),
-        ("reason", row["reason"]),
-        ("permanent", "yes" if row["permanent"] else "no (out of attempts)"),
-        ("attempts", row["attempts"]),
-        ("received", _when(row["received_at"])),
-        ("failed", _when(row["failed_at"])),
-        ("replayed", _replayed(row)),
-        ("from", row["remote"] or "-"),
-    )
-    for label, value in fields:
-        console.print(f"  {label}: {value}", markup=False)
-    console.print("[bold]headers[/bold]")
-    for name, value in row["headers"]:
-        console.print(f"  {name}: {value}", markup=False)
-    console.print("[bold]attempts[/bold]")
-    for err in row["errors"]:
-        kind = "permanent" if err.get("permanent") else "transient"
-        console.print(f"  #{err['attempt']} {err['at']} ({kind}): {err['error']}", markup=False)
-    console.print("[bold]body[/bold]")
-    console.print(row.get("body", f"(base64) {row.get('body_base64')}"), markup=False)
-
-
-def _replayed(row: dict[str, Any]) -> str:
-    if not row["replayed_at"]:
-        return "never"
-    times = row["replays"] or 1
-    return f"{_when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
-
-
-def _existing(engine: Engine, ids: Sequence[int], source: str | None) -> set[int]:
-    query = select(dead_letters.c.id).where(dead_letters.c.id.in_(ids))
-    if source:
-        query = query.where(dead_letters.c.source == source)
-    with engine.connect() as conn:
-        return set(conn.execute(query).scalars())
-
-
-def dlq_replay(settings: Settings, ids: Sequence[int] | None, source: str | None) -> list[int]:
-    """Queue the given dead letters (or every one not already replayed) again; returns the
-    given ids that do not exist (or are not from ``source``)."""
-    done = 0
-    todo: list[int] = []
-    missing: list[int] = []
+        return {"body_base64": base64.b64encode(body).decode()}
     try:
-        with _engine(settings) as engine, _redis(settings) as redis:
-            todo = deadletters.replay_ids(engine, ids, source)
-            if ids is not None:
-                missing = sorted(set(ids) - set(todo))
-            spec = JobSpec.from_settings(settings)
-            if todo:
-                with Progress(console=console, transient=False) as progress:
-                    task = progress.add_task("replaying", total=len(todo))
-                    for _ in deadletters.replay(engine, redis, spec, todo):
-                        done += 1
-                        progress.advance(task)
-    except KeyboardInterrupt:
-        console.print(f"interrupted: replayed {done} of {len(todo)}; run again to send the rest")
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    console.print(f"replayed {done} dead letter(s)")
-    return missing
+        return {"body": json.dumps(json.loads(text), indent=2, ensure_ascii=False)}
+    except ValueError:
+        return {"body": text}
 
 
-def dlq_purge(
-    settings: Settings, ids: Sequence[int] | None, older_than: float | None, source: str | None
-) -> tuple[int, list[int]]:
-    """Delete the given dead letters (or all, with the filters); returns how many were deleted
-    and the given ids that do not exist (or are not from ``source``)."""
-    with _engine(settings) as engine:
-        missing: list[int] = []
-        if ids is not None:
-            found = _existing(engine, ids, source)
-            missing = sorted(set(ids) - found)
-            ids = sorted(found)
-            if not ids:
-                return 0, missing
-        n = deadletters.purge(engine, ids, older_than_days=older_than, source=source)
-        return n, missing
+def event_json(detail: EventDetail) -> dict[str, Any]:
+    """An event as ``events show --json`` and the API answer it."""
+    out: dict[str, Any] = {
+        **detail.row,
+        "timeline": detail.timeline,
+        "headers": detail.headers,
+        "replayable": detail.replayable,
+        "dead_letter_id": detail.dead_letter["id"] if detail.dead_letter else None,
+    }
+    if detail.body is not None:
+        try:
+            out["body"] = detail.body.decode("utf-8")
+        except UnicodeDecodeError:
+            out["body_base64"] = base64.b64encode(detail.body).decode()
+    return out
+
+
+def dead_letter_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    body: bytes = out.pop("body")
+    try:
+        out["body"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        out["body_base64"] = base64.b64encode(body).decode()
+    return out

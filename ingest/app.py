@@ -10,6 +10,7 @@ Request errors map to answers in one place, :func:`_reject`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,7 @@ from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
 from shared.envelope import Envelope, redact_headers
 from shared.errors import EventIdNotFound, IpNotAllowed, RequestRejected, UnknownSource
 from shared.locators import MAX_ID_LENGTH, JsonBody, locate
+from shared.traffic import UNKNOWN, Rejection, Traffic, header_names
 
 log = logging.getLogger("hookline.ingest")
 
@@ -41,6 +43,9 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 METRICS = web.AppKey("metrics", IngestMetrics)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
 SCRIPT = web.AppKey("claim_and_enqueue", AsyncScript)
+TRAFFIC = web.AppKey("traffic", Traffic)
+#: a request's body size once read, for its rejection record
+BODY_SIZE = web.RequestKey("body_size", int)
 
 #: aiohttp server options. Lingering (reading and discarding the rest of a body after the
 #: answer) is cut to half a second: a body over the limit or a trickling client is answered
@@ -49,6 +54,8 @@ SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0.5}
 
 #: seconds a client is told to wait before retrying while Redis is unreachable
 RETRY_AFTER_SECONDS = 5
+#: how often the traffic counts and rejections are written to Redis
+TRAFFIC_FLUSH_SECONDS = 1.0
 
 
 def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
@@ -62,7 +69,9 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create()
     app[JOB_SPEC] = JobSpec.from_settings(settings)
+    app[TRAFFIC] = Traffic()
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
+    app.cleanup_ctx.append(_traffic_ctx)
     app.router.add_post("/webhooks/{source}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -97,6 +106,30 @@ def _redis_ctx(
     return ctx
 
 
+async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write the traffic counts and rejections once a second, and a last time on the way out."""
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(TRAFFIC_FLUSH_SECONDS)
+            await _flush(app)
+
+    task = asyncio.create_task(flush_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await _flush(app)
+
+
+async def _flush(app: web.Application) -> None:
+    try:
+        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
+            await app[TRAFFIC].flush(app[REDIS])
+    except (RedisError, OSError, TimeoutError) as err:
+        log.debug("traffic not written yet: %s", type(err).__name__)
+
+
 @web.middleware
 async def _errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -109,14 +142,33 @@ async def _errors_middleware(
 
 def _reject(request: web.Request, err: RequestRejected) -> web.Response:
     source = request.match_info.get("source", "")
-    label = source if source in request.app[SETTINGS].sources else "_unknown"
-    request.app[METRICS].rejected.labels(label, err.code).inc()
+    label = source if source in request.app[SETTINGS].sources else UNKNOWN
+    _remember_rejection(request, label, err.status, err.code)
     # the reason only: never the headers, which may carry secrets or signatures
     log.info("rejected %s %s: %s", label, err.status, err.code)
     response = web.json_response({"error": err.code}, status=err.status)
     if err.close_connection:
         response.force_close()
     return response
+
+
+def _remember_rejection(request: web.Request, source: str, status: int, reason: str) -> None:
+    """The metric, and the record operators see (header names only, never a value)."""
+    request.app[METRICS].rejected.labels(source, reason).inc()
+    size = request.get(BODY_SIZE)
+    if size is None and (request.content_length or 0) >= 0:
+        size = request.content_length
+    request.app[TRAFFIC].reject(
+        Rejection(
+            at=time.time(),
+            source=source,
+            status=status,
+            reason=reason,
+            remote=request.remote or "",
+            size=size,
+            header_names=header_names(request.headers.keys()),
+        )
+    )
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -129,6 +181,7 @@ async def receive(request: web.Request) -> web.Response:
     app[METRICS].received.labels(source.name).inc()
     _check_address(request, source, settings)  # before reading: nothing read for strangers
     body = await read_body(request, settings.ingest)
+    request[BODY_SIZE] = len(body)
     now = time.time()
     source.scheme.verify(request.headers, body, now)
     answer = source.scheme.handshake(body)
@@ -145,7 +198,7 @@ async def receive(request: web.Request) -> web.Response:
         body=body,
         remote=request.remote,
     )
-    return await _claim_and_enqueue(app, envelope)
+    return await _claim_and_enqueue(request, envelope)
 
 
 def _check_address(request: web.Request, source: SourceSettings, settings: Settings) -> None:
@@ -169,7 +222,8 @@ def _event_id(request: web.Request, source: SourceSettings, body: bytes) -> str:
     return event_id
 
 
-async def _claim_and_enqueue(app: web.Application, envelope: Envelope) -> web.Response:
+async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Response:
+    app = request.app
     metrics = app[METRICS]
     keys_, args = script_call(envelope, app[JOB_SPEC])
     started = time.perf_counter()
@@ -178,7 +232,7 @@ async def _claim_and_enqueue(app: web.Application, envelope: Envelope) -> web.Re
             reply = await app[SCRIPT](keys=keys_, args=args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
-        metrics.rejected.labels(envelope.source, "unavailable").inc()
+        _remember_rejection(request, envelope.source, 503, "unavailable")
         log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
         return web.json_response(
             {"error": "unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -187,8 +241,10 @@ async def _claim_and_enqueue(app: web.Application, envelope: Envelope) -> web.Re
     result = parse_reply(reply)
     if not result.accepted:
         metrics.duplicates.labels(envelope.source).inc()
+        app[TRAFFIC].count(envelope.source, "duplicate")
         return web.json_response({"status": "duplicate", "event_id": envelope.event_id}, status=200)
     metrics.accepted.labels(envelope.source).inc()
+    app[TRAFFIC].count(envelope.source, "accepted")
     return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
 
 

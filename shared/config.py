@@ -31,7 +31,7 @@ DEFAULT_CONFIG_FILE = "hookline.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///hookline.db"
 
-_TOP_KEYS = {"redis_url", "database_url", "queue", "ingest", "worker", "sources"}
+_TOP_KEYS = {"redis_url", "database_url", "queue", "ingest", "worker", "archive", "sources"}
 _COMMON_SOURCE_KEYS = {
     "scheme",
     "secrets",
@@ -69,6 +69,15 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    """``[archive]``: the event log."""
+
+    #: days the bodies and headers of processed and ignored events are kept (0: not kept; the
+    #: events' rows are kept either way)
+    retention_days: int = 7
+
+
+@dataclass(frozen=True)
 class SourceSettings:
     """``[sources.NAME]``: one provider sending to ``POST /webhooks/NAME``."""
 
@@ -88,6 +97,7 @@ class Settings:
     queue: str = "hookline"
     ingest: IngestSettings = field(default_factory=IngestSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
     path: Path | None = None
 
@@ -152,6 +162,7 @@ def settings_from_mapping(
         queue=_get(data, "queue", str, "hookline"),
         ingest=_ingest(_get(data, "ingest", dict, {})),
         worker=_worker(_get(data, "worker", dict, {})),
+        archive=_archive(_get(data, "archive", dict, {})),
         sources=sources,
         path=path,
     )
@@ -271,6 +282,15 @@ def _worker(data: Mapping[str, Any]) -> WorkerSettings:
         handlers=tuple(handlers),
         builtin_handlers=_get(data, "builtin_handlers", bool, d.builtin_handlers, w),
     )
+
+
+def _archive(data: Mapping[str, Any]) -> ArchiveSettings:
+    w = "archive"
+    _no_unknown(data, ArchiveSettings.__dataclass_fields__, w)
+    days = _get(data, "retention_days", int, ArchiveSettings.retention_days, w)
+    if days < 0:
+        raise ConfigError("archive.retention_days must be 0 or more")
+    return ArchiveSettings(retention_days=days)
 
 
 def _source(name: str, data: Any) -> SourceSettings:

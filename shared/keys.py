@@ -44,6 +44,13 @@ RESULT_TTL_SECONDS = 3600
 #: good, the job is only there for RQ's own tools.
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
+#: ``<PREFIX>stats:{minute}`` -> {"source\tkind": count}: the ingress's per-minute counts
+#: (accepted, duplicate, rejected:<reason>), kept two hours for the console's last hour
+STATS = PREFIX + "stats:"
+#: ``<PREFIX>rejections:{source}``: a stream of the source's last 1,000 refused requests (no
+#: header value, no body byte); unknown sources share ``<PREFIX>rejections:_unknown``
+REJECTIONS = PREFIX + "rejections:"
+
 # -- RQ's keys, named by RQ's classes ---------------------------------------------------------
 
 #: the set of every queue's key (RQ's ``rq:queues``)
@@ -75,3 +82,7 @@ def intermediate_key(queue: str) -> str:
 
 def janitor_lock(queue: str) -> str:
     return JANITOR_LOCK + queue
+
+
+def rejections_key(source: str) -> str:
+    return REJECTIONS + source

@@ -231,7 +231,7 @@ def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
     deliver(redis_client, settings, "poison", body=b'{"id": "p-1", "type": "x"}')
     run_worker(redis_client, settings)
     # Then it is in the dead letters after one attempt, marked permanent
-    [listed] = deadletters.list_rows(engine)
+    [listed] = deadletters.list_page(engine).rows
     assert (listed["event_id"], listed["attempts"], listed["permanent"]) == ("p-1", 1, 1)
     # When its cause is fixed and two operators replay it at the same moment
     (state / "poison").unlink()
@@ -475,3 +475,41 @@ def test_a_pickle_that_would_run_code_is_never_run_and_is_dead_lettered(
     assert [e["status"] for e in rows(engine, webhook_events) if e["source"] == "moncash"] == [
         "processed"
     ]
+
+
+def test_a_dead_letter_that_cannot_be_written_keeps_the_event_for_later(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a poison event on its only attempt, and the database refusing the dead letter once
+    from sqlalchemy.exc import OperationalError
+
+    one_try = make_settings(
+        settings.redis_url, settings.database_url, sources=TEST_SOURCES, worker={"max_attempts": 1}
+    )
+    runtime.configure(one_try)
+    real = deadletters.record
+    calls: list[int] = []
+
+    def record_once_down(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("insert", {}, ConnectionError("database is away"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deadletters, "record", record_once_down)
+    poison = {"id": "e", "event": "payment.completed", "reference": "R", "amount": "lots"}
+    deliver(redis_client, one_try, "moncash", body=body_of(poison))
+    # When a worker runs it
+    run_worker(redis_client, one_try)
+    # Then nothing is recorded yet, and the job waits in RQ's schedule instead of failing
+    queue = queues_for(one_try, [], redis_client)[0]
+    assert rows(engine, dead_letters) == []
+    assert queue.scheduled_job_registry.count == 1
+    assert queue.failed_job_registry.count == 0
+    # When its time comes (the database is back)
+    [job_id] = queue.scheduled_job_registry.get_job_ids()
+    redis_client.zadd(queue.scheduled_job_registry.key, {job_id: 0})
+    run_worker(redis_client, one_try)
+    # Then it is dead-lettered with both attempts' errors
+    [dl] = rows(engine, dead_letters)
+    assert dl["event_id"] == "e" and len(dl["errors"]) == 2

@@ -17,7 +17,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from shared.db import as_utc, dead_letters, from_timestamp, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
+from shared.eventlog import EVERYTHING, MAX_LIMIT, Filter, Page
 from shared.rqcompat import JobSerializer
+
+#: dead letters deleted per transaction
+PURGE_CHUNK = 500
 
 
 def clean_text(text: str, limit: int = 2000) -> str:
@@ -121,28 +125,68 @@ def record(
     return True
 
 
-def _filtered(query: Select[Any], source: str | None, older_than_days: float | None) -> Select[Any]:
-    if source:
-        query = query.where(dead_letters.c.source == source)
-    if older_than_days is not None:
-        cutoff = utcnow() - dt.timedelta(days=older_than_days)
-        query = query.where(dead_letters.c.failed_at < cutoff)
+def _where(query: Select[Any], flt: Filter) -> Select[Any]:
+    """The operators' filters; times are when the event died."""
+    t = dead_letters.c
+    if flt.source:
+        query = query.where(t.source == flt.source)
+    if flt.type:
+        query = query.where(t.event_type == flt.type)
+    if flt.since:
+        query = query.where(t.failed_at >= flt.since)
+    if flt.until:
+        query = query.where(t.failed_at < flt.until)
+    if flt.event_id:
+        query = query.where(t.event_id == flt.event_id)
     return query
 
 
-def list_rows(
-    engine: Engine,
-    *,
-    source: str | None = None,
-    limit: int = 50,
-    older_than_days: float | None = None,
-) -> list[dict[str, Any]]:
-    """Newest first, without bodies."""
-    cols = [c for c in dead_letters.c if c.name not in ("body", "headers", "errors")]
-    query = _filtered(select(*cols), source, older_than_days)
-    query = query.order_by(dead_letters.c.failed_at.desc(), dead_letters.c.id.desc()).limit(limit)
+def older_than(days: float | None) -> Filter:
+    """``--older-than DAYS``: dead letters that died more than DAYS ago."""
+    return Filter() if days is None else Filter(until=utcnow() - dt.timedelta(days=days))
+
+
+_LIST_COLUMNS = [c for c in dead_letters.c if c.name not in ("body", "headers", "errors")]
+
+
+def list_page(
+    engine: Engine, flt: Filter = EVERYTHING, *, limit: int = 50, before: int | None = None
+) -> Page:
+    """Dead letters matching ``flt``, newest first (by id: when first dead-lettered), without
+    bodies; keyset pagination on the id."""
+    limit = max(1, min(int(limit), MAX_LIMIT))
+    query = _where(select(*_LIST_COLUMNS), flt)
+    if before is not None:
+        query = query.where(dead_letters.c.id < before)
+    query = query.order_by(dead_letters.c.id.desc()).limit(limit)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    return Page(rows, rows[-1]["id"] if len(rows) == limit else None)
+
+
+def matching_ids(engine: Engine, flt: Filter, *, waiting_replay: bool = True) -> list[int]:
+    """The ids ``flt`` matches, oldest first; without ``waiting_replay``, those whose replay
+    was already queued since they died are left out (running ``--all`` again after an
+    interruption sends only the rest)."""
+    query = _where(select(dead_letters.c.id), flt).order_by(dead_letters.c.id)
+    if not waiting_replay:
+        query = query.where(
+            or_(
+                dead_letters.c.replayed_at.is_(None),
+                dead_letters.c.replayed_at < dead_letters.c.failed_at,
+            )
+        )
+    with engine.connect() as conn:
+        return [r.id for r in conn.execute(query)]
+
+
+def existing(engine: Engine, ids: Sequence[int]) -> list[int]:
+    """Which of ``ids`` are dead letters, in the order given."""
+    with engine.connect() as conn:
+        found = set(
+            conn.execute(select(dead_letters.c.id).where(dead_letters.c.id.in_(ids))).scalars()
+        )
+    return [i for i in ids if i in found]
 
 
 def get_row(engine: Engine, dead_letter_id: int) -> dict[str, Any] | None:
@@ -161,25 +205,6 @@ def _envelope(row: Any) -> Envelope:
         remote=row.remote,
         replay="dead",
     )
-
-
-def replay_ids(engine: Engine, ids: Sequence[int] | None, source: str | None) -> list[int]:
-    """The ids to replay: the given ones, or every dead letter not already waiting for its
-    replay (so running ``--all`` again after an interruption does not send twice)."""
-    query = select(dead_letters.c.id).order_by(dead_letters.c.id)
-    if ids is not None:
-        query = query.where(dead_letters.c.id.in_(ids))
-    else:
-        query = query.where(
-            or_(
-                dead_letters.c.replayed_at.is_(None),
-                dead_letters.c.replayed_at < dead_letters.c.failed_at,
-            )
-        )
-    if source:
-        query = query.where(dead_letters.c.source == source)
-    with engine.connect() as conn:
-        return [r.id for r in conn.execute(query)]
 
 
 def replay(
@@ -212,26 +237,20 @@ def replay(
         yield dl_id
 
 
-def purge(
-    engine: Engine,
-    ids: Sequence[int] | None,
-    *,
-    older_than_days: float | None = None,
-    source: str | None = None,
-) -> int:
-    query = delete(dead_letters)
-    if ids is not None:
-        query = query.where(dead_letters.c.id.in_(ids))
-    if source:
-        query = query.where(dead_letters.c.source == source)
-    if older_than_days is not None:
-        query = query.where(
-            dead_letters.c.failed_at < utcnow() - dt.timedelta(days=older_than_days)
-        )
-    with engine.begin() as conn:
-        return int(conn.execute(query).rowcount)
+def purge(engine: Engine, ids: Sequence[int]) -> int:
+    """Delete these dead letters, :data:`PURGE_CHUNK` per transaction (a bulk purge never
+    holds row locks for long); how many were deleted. The events' rows stay ``dead``."""
+    done = 0
+    for i in range(0, len(ids), PURGE_CHUNK):
+        chunk = list(ids[i : i + PURGE_CHUNK])
+        with engine.begin() as conn:
+            done += int(
+                conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(chunk))).rowcount
+            )
+    return done
 
 
-def count(engine: Engine) -> int:
+def count(engine: Engine, flt: Filter = EVERYTHING) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(dead_letters)).scalar_one())
+        query = _where(select(func.count()).select_from(dead_letters), flt)
+        return int(conn.execute(query).scalar_one())

@@ -39,6 +39,9 @@ log = logging.getLogger("hookline.worker")
 
 #: the job meta key holding every failed attempt's error until the event ends
 ERRORS_META = "hookline_errors"
+#: when an event's end cannot be recorded (the database is away) and the job has no backoff of
+#: its own, it is tried again this much later
+UNRECORDED_RETRY_SECONDS = 60
 #: the source recorded for a job whose data is not an event (no configured source can be named
 #: so: a source name starts with a letter or a digit)
 INVALID_SOURCE = "_invalid"
@@ -120,12 +123,28 @@ def attempt_failed(job: Job | None, failure: Failure) -> bool:
         error = AttemptError(attempt, time.time(), describe(err), True)
         ends = True
     if ends:
+        try:
+            if envelope is None:
+                _dead_letter_invalid(rt, job, error)
+            else:
+                _dead_letter(rt, job, envelope, error)
+        except Exception as err:
+            if job is None:
+                raise
+            # the database is away as the event dies: it must not leave the pipeline with no
+            # record, so RQ keeps it (after its longest backoff) and it is decided again then
+            log.error(
+                "job %s could not be dead-lettered (%s): kept for another attempt",
+                job.id,
+                describe(err),
+            )
+            _remember(job, error)
+            job.retries_left = max(int(job.retries_left or 0), 1)
+            if not job.retry_intervals:  # a job of one attempt: not again at once, in a loop
+                job.retry_intervals = [UNRECORDED_RETRY_SECONDS]
+            return False
         if job is not None:
             job.retries_left = 0
-        if envelope is None:
-            _dead_letter_invalid(rt, job, error)
-        else:
-            _dead_letter(rt, job, envelope, error)
         return True
     assert job is not None and envelope is not None
     _remember(job, error)

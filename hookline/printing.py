@@ -1,0 +1,192 @@
+"""What the operator commands print for a person (``--json`` prints the values as stored).
+
+Everything that came from outside (ids, types, reasons, headers, bodies) is printed literally:
+never read as rich markup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from hookline.ops import body_for_humans
+from shared.eventlog import EventDetail
+from shared.traffic import Rejection
+
+#: piped or redirected output gets wide lines rather than tables folded to 80 columns
+console = Console(width=None if sys.stdout.isatty() else 200)
+T = TypeVar("T")
+
+
+def when(value: dt.datetime | None, never: str = "-") -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else never
+
+
+def _table(*columns: str) -> Table:
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _row(table: Table, *values: Any) -> None:
+    table.add_row(*(escape(str(v)) for v in values))
+
+
+def status(data: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for label, key in (
+        ("queue", "queue"),
+        ("queued", "queued"),
+        ("running", "running"),
+        ("waiting to retry", "waiting_to_retry"),
+        ("dead letters", "dead_letters"),
+        ("workers alive", "workers_alive"),
+    ):
+        table.add_row(label, escape(str(data[key])))
+    console.print(table)
+
+
+def dead_letters(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no dead letters")
+        return
+    table = _table("id", "source", "event id", "type", "attempts", "died", "replayed", "reason")
+    for r in rows:
+        _row(
+            table,
+            r["id"],
+            r["source"],
+            r["event_id"],
+            r["event_type"] or "-",
+            r["attempts"],
+            when(r["failed_at"]),
+            when(r["replayed_at"], "never"),
+            r["reason"],
+        )
+    console.print(table)
+
+
+def dead_letter(row: dict[str, Any]) -> None:
+    """For a person: yes/no, "never", "-"; ``--json`` has the values as stored."""
+    title = escape(f"{row['id']}: {row['source']} / {row['event_id']}")
+    console.print(f"[bold]dead letter[/bold] {title}")
+    fields = (
+        ("type", row["event_type"] or "-"),
+        ("reason", row["reason"]),
+        ("permanent", "yes" if row["permanent"] else "no (out of attempts)"),
+        ("attempts", row["attempts"]),
+        ("received", when(row["received_at"])),
+        ("failed", when(row["failed_at"])),
+        ("replayed", _replayed(row)),
+        ("from", row["remote"] or "-"),
+    )
+    for label, value in fields:
+        console.print(f"  {label}: {value}", markup=False)
+    _headers(row["headers"])
+    console.print("[bold]attempts[/bold]")
+    for err in row["errors"]:
+        kind = "permanent" if err.get("permanent") else "transient"
+        console.print(f"  #{err['attempt']} {err['at']} ({kind}): {err['error']}", markup=False)
+    _body(row["body"])
+
+
+def _replayed(row: dict[str, Any]) -> str:
+    if not row["replayed_at"]:
+        return "never"
+    times = row["replays"] or 1
+    return f"{when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+
+
+def _headers(headers: Iterable[Sequence[str]] | None) -> None:
+    console.print("[bold]headers[/bold]")
+    if headers is None:
+        console.print("  (no longer kept)")
+        return
+    for name, value in headers:
+        console.print(f"  {name}: {value}", markup=False)
+
+
+def _body(body: bytes | None) -> None:
+    console.print("[bold]body[/bold]")
+    shown = body_for_humans(body)
+    if not shown:
+        console.print("  (no longer kept: [archive] retention_days)")
+    elif "body" in shown:
+        console.print(shown["body"], markup=False)
+    else:
+        console.print(f"(base64) {shown['body_base64']}", markup=False)
+
+
+def events(rows: Sequence[dict[str, Any]], next_before: int | None) -> None:
+    if not rows:
+        console.print("no events")
+        return
+    table = _table("id", "source", "event id", "type", "status", "attempts", "received", "done")
+    for r in rows:
+        _row(
+            table,
+            r["id"],
+            r["source"],
+            r["event_id"],
+            r["event_type"] or "-",
+            r["status"],
+            r["attempts"],
+            when(r["received_at"]),
+            when(r["processed_at"]),
+        )
+    console.print(table)
+    if next_before is not None:
+        console.print(f"more: add --before {next_before}", markup=False)
+
+
+def event(detail: EventDetail) -> None:
+    row = detail.row
+    console.print(
+        f"[bold]event[/bold] {escape(row['source'])} / {escape(row['event_id'])}"
+        f"  [bold]{escape(row['status'])}[/bold]"
+    )
+    fields = (
+        ("type", row["event_type"] or "-"),
+        ("attempts", row["attempts"]),
+        ("from", row["remote"] or "-"),
+        ("dead letter", detail.dead_letter["id"] if detail.dead_letter else "-"),
+    )
+    for label, value in fields:
+        console.print(f"  {label}: {value}", markup=False)
+    console.print("[bold]timeline[/bold]")
+    for step in detail.timeline:
+        extra = f": {step['detail']}" if step.get("detail") else ""
+        console.print(f"  {when(step['at'])}  {step['what']}{extra}", markup=False)
+    _headers(detail.headers)
+    _body(detail.body)
+
+
+def rejections(found: Sequence[Rejection]) -> None:
+    if not found:
+        console.print("no rejections")
+        return
+    table = _table("at", "source", "answer", "reason", "from", "size", "header names")
+    for r in found:
+        at = dt.datetime.fromtimestamp(r.at, dt.UTC)
+        size = "-" if r.size is None else r.size
+        _row(
+            table, when(at), r.source, r.status, r.reason, r.remote, size, ", ".join(r.header_names)
+        )
+    console.print(table)
+
+
+def with_progress(label: str, total: int, items: Iterator[T]) -> Iterator[T]:
+    """``items`` with a progress bar of ``total`` steps."""
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total)
+        for item in items:
+            progress.advance(task)
+            yield item

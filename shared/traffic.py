@@ -1,0 +1,183 @@
+"""What the ingress remembers of its traffic, for operators (``hookline rejections``, the
+console): per-minute counts by source (accepted, duplicate, rejected by reason), and the last
+:data:`REJECTIONS_KEPT` rejected requests of each source (unknown sources share one stream).
+
+A rejection keeps the time, source, answer, reason, remote address, body size and the request's
+header *names*: never a header value, never a body byte, so never a secret or a signature.
+
+The ingress keeps both in memory and writes them to Redis once a second, in one pipeline
+(:meth:`Traffic.flush`): a request never waits for them and accepted events cost no Redis
+write. Memory is bounded whatever arrives: at most :data:`REJECTIONS_KEPT` rejections per
+source wait for a flush (older ones are dropped and counted), and each Redis stream is capped
+at the same length.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from shared import keys
+
+#: rejections kept per source (and for all unknown sources together)
+REJECTIONS_KEPT = 1000
+#: per-minute counts are kept two hours: the console shows the last one
+STATS_TTL_SECONDS = 2 * 3600
+#: header names kept per rejection, and their length: a hostile request may send thousands
+MAX_HEADER_NAMES = 40
+MAX_HEADER_NAME = 64
+#: the source a request for an unknown source is recorded under
+UNKNOWN = "_unknown"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One refused request."""
+
+    at: float
+    source: str
+    status: int
+    reason: str
+    remote: str
+    size: int | None
+    header_names: tuple[str, ...]
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "at": f"{self.at:.6f}",
+            "source": self.source,
+            "status": str(self.status),
+            "reason": self.reason,
+            "remote": self.remote,
+            "size": "" if self.size is None else str(self.size),
+            "headers": "\n".join(self.header_names),
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> Rejection:
+        f = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        return cls(
+            at=float(f.get("at") or 0),
+            source=f.get("source", ""),
+            status=int(f.get("status") or 0),
+            reason=f.get("reason", ""),
+            remote=f.get("remote", ""),
+            size=int(f["size"]) if f.get("size") else None,
+            header_names=tuple(n for n in f.get("headers", "").split("\n") if n),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["header_names"] = list(self.header_names)
+        return out
+
+
+def header_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The names only, bounded in number and length."""
+    out: list[str] = []
+    for name in names:
+        if len(out) == MAX_HEADER_NAMES:
+            break
+        out.append(name[:MAX_HEADER_NAME])
+    return tuple(out)
+
+
+def stats_key(minute: int) -> str:
+    return f"{keys.STATS}{minute}"
+
+
+class Traffic:
+    """The ingress's memory of its traffic until the next flush."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[tuple[int, str, str]] = collections.Counter()
+        self._rejections: dict[str, collections.deque[Rejection]] = {}
+        #: rejections dropped before a flush could write them (a flood): counted, not kept
+        self.dropped = 0
+
+    def waiting(self) -> int:
+        """Rejections waiting for the next flush."""
+        return sum(len(w) for w in self._rejections.values())
+
+    def count(self, source: str, kind: str, now: float | None = None) -> None:
+        """One more ``kind`` (accepted, duplicate, rejected:<reason>) for ``source``."""
+        minute = int((time.time() if now is None else now) // 60)
+        self._counts[(minute, source, kind)] += 1
+
+    def reject(self, rejection: Rejection) -> None:
+        self.count(rejection.source, "rejected:" + rejection.reason, rejection.at)
+        waiting = self._rejections.get(rejection.source)
+        if waiting is None:
+            waiting = self._rejections[rejection.source] = collections.deque(maxlen=REJECTIONS_KEPT)
+        if len(waiting) == REJECTIONS_KEPT:
+            self.dropped += 1
+        waiting.append(rejection)
+
+    async def flush(self, redis: AsyncRedis) -> None:
+        """Write what is waiting in one pipeline. On failure (Redis away) it stays waiting,
+        bounded, for the next flush."""
+        counts, rejections = self._counts, self._rejections
+        if not counts and not rejections:
+            return
+        self._counts, self._rejections = collections.Counter(), {}
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                minutes = set()
+                for (minute, source, kind), n in counts.items():
+                    pipe.hincrby(stats_key(minute), f"{source}\t{kind}", n)
+                    minutes.add(minute)
+                for minute in minutes:
+                    pipe.expire(stats_key(minute), STATS_TTL_SECONDS)
+                for source, waiting in rejections.items():
+                    for rejection in waiting:
+                        pipe.xadd(
+                            keys.rejections_key(source),
+                            rejection.fields(),  # type: ignore[arg-type]
+                            maxlen=REJECTIONS_KEPT,
+                            approximate=False,
+                        )
+                await pipe.execute()
+        except Exception:
+            # put back what was not written, within the same bounds, for the next flush
+            self._counts.update(counts)
+            for source, waiting in rejections.items():
+                merged = collections.deque(waiting, maxlen=REJECTIONS_KEPT)
+                merged.extend(self._rejections.get(source, ()))
+                self._rejections[source] = merged
+            raise
+
+
+# -- reading (the command line, the console) ---------------------------------------------------
+
+
+def recent_rejections(redis: Redis, sources: Iterable[str], *, limit: int = 100) -> list[Rejection]:
+    """The newest ``limit`` rejections of ``sources`` (``_unknown`` for unknown ones), newest
+    first."""
+    found: list[Rejection] = []
+    with redis.pipeline(transaction=False) as pipe:
+        for source in sources:
+            pipe.xrevrange(keys.rejections_key(source), count=limit)
+        for entries in pipe.execute():
+            found += [Rejection.from_fields(fields) for _id, fields in entries]
+    return sorted(found, key=lambda r: r.at, reverse=True)[:limit]
+
+
+def last_hour(redis: Redis, now: float | None = None) -> dict[str, dict[str, int]]:
+    """Counts by source over the last 60 minutes: ``{source: {kind: n}}``."""
+    current = int((time.time() if now is None else now) // 60)
+    totals: dict[str, dict[str, int]] = {}
+    with redis.pipeline(transaction=False) as pipe:
+        for minute in range(current - 59, current + 1):
+            pipe.hgetall(stats_key(minute))
+        for bucket in pipe.execute():
+            for field, n in bucket.items():
+                source, _, kind = field.decode("utf-8", "replace").partition("\t")
+                by_kind = totals.setdefault(source, {})
+                by_kind[kind] = by_kind.get(kind, 0) + int(n)
+    return totals
