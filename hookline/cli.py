@@ -645,6 +645,37 @@ def send(config_path: str | None, source: str, body_path: str | None, url: str |
 @main.command()
 @config_option
 @click.option(
+    "--host",
+    default="127.0.0.1",  # for operators only: never on the providers' interface by default
+    show_default=True,
+    metavar="HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=8081,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Port to listen on.",
+)
+@one_line_errors
+def console(config_path: str | None, host: str, port: int) -> None:
+    """The operators' web console (its own process and port, never the ingress's)."""
+    settings = _settings(config_path)
+    if not settings.console.token:
+        fail(
+            'the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}"', EXIT_USAGE
+        )
+    from console.app import run
+
+    _logging()
+    run(settings, host, port)
+
+
+@main.command()
+@config_option
+@click.option(
     "--port",
     default=8080,
     show_default=True,

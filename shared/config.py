@@ -31,7 +31,16 @@ DEFAULT_CONFIG_FILE = "hookline.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///hookline.db"
 
-_TOP_KEYS = {"redis_url", "database_url", "queue", "ingest", "worker", "archive", "sources"}
+_TOP_KEYS = {
+    "redis_url",
+    "database_url",
+    "queue",
+    "ingest",
+    "worker",
+    "archive",
+    "console",
+    "sources",
+}
 _COMMON_SOURCE_KEYS = {
     "scheme",
     "secrets",
@@ -78,6 +87,19 @@ class ArchiveSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """``[console]``: the operators' web console (``hookline console``)."""
+
+    #: what operators log in with, and scripts send as ``Authorization: Bearer``; keep it in
+    #: the environment (``"${HOOKLINE_CONSOLE_TOKEN}"``). No token: the console does not start.
+    token: str | None = None
+
+
+#: a console token shorter than this is refused: it guards replays and purges
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True)
 class SourceSettings:
     """``[sources.NAME]``: one provider sending to ``POST /webhooks/NAME``."""
 
@@ -98,6 +120,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
     path: Path | None = None
 
@@ -163,6 +186,7 @@ def settings_from_mapping(
         ingest=_ingest(_get(data, "ingest", dict, {})),
         worker=_worker(_get(data, "worker", dict, {})),
         archive=_archive(_get(data, "archive", dict, {})),
+        console=_console(_get(data, "console", dict, {})),
         sources=sources,
         path=path,
     )
@@ -291,6 +315,16 @@ def _archive(data: Mapping[str, Any]) -> ArchiveSettings:
     if days < 0:
         raise ConfigError("archive.retention_days must be 0 or more")
     return ArchiveSettings(retention_days=days)
+
+
+def _console(data: Mapping[str, Any]) -> ConsoleSettings:
+    w = "console"
+    _no_unknown(data, ConsoleSettings.__dataclass_fields__, w)
+    token = _get(data, "token", str, None, w)
+    if token is not None and len(token.strip()) < MIN_TOKEN_LENGTH:
+        # never echo the token itself
+        raise ConfigError(f"console.token must be at least {MIN_TOKEN_LENGTH} characters")
+    return ConsoleSettings(token=token)
 
 
 def _source(name: str, data: Any) -> SourceSettings:

@@ -31,6 +31,8 @@ _MAX_RAW_ID = 128
 #: other worker's recovery of abandoned jobs for 15 minutes; this one lives a few seconds.
 JANITOR_LOCK = PREFIX + "janitor:"
 JANITOR_LOCK_SECONDS = 30
+#: ``<PREFIX>archive:prune``: held by the one worker pruning the event log's old bodies
+ARCHIVE_LOCK = PREFIX + "archive:prune"
 
 #: the function every queued event runs; a string so the ingress never imports the workers
 JOB_FUNC = "workers.tasks.process_event"

@@ -31,7 +31,7 @@ def test_configuration_reference_is_valid_and_complete() -> None:
     text = _block_after("<!-- config-reference -->")
     raw = tomllib.loads(text)
     names = set(re.findall(r"\$\{([A-Z_]+)\}", text))
-    settings = settings_from_mapping(raw, environ={n: "x" for n in names})
+    settings = settings_from_mapping(raw, environ={n: "x" * 32 for n in names})
     # every section of the configuration ([ingest], [worker], ...), with every key, at its default
     sections = [
         f.name for f in dataclasses.fields(Settings) if dataclasses.is_dataclass(f.default_factory)
@@ -39,9 +39,11 @@ def test_configuration_reference_is_valid_and_complete() -> None:
     assert sections
     for section in sections:
         value = getattr(settings, section)
-        assert value == type(value)(), f"[{section}] in the README is not the default"
         for f in dataclasses.fields(value):
             assert f.name in raw[section], f"[{section}] {f.name} missing from the README"
+            if f.default is not None:  # None: a secret, shown as "${NAME}"
+                got = getattr(value, f.name)
+                assert got == f.default, f"[{section}] {f.name} in the README is not the default"
 
 
 def test_every_scheme_is_documented() -> None:

@@ -45,7 +45,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
-from shared import keys, rqcompat
+from shared import eventlog, keys, rqcompat
 from shared.config import Settings
 from shared.rqcompat import JobSerializer
 from workers import retries, runtime
@@ -64,8 +64,11 @@ JANITOR_SECONDS = 5
 STUCK_SECONDS = 10
 #: a retry this overdue is moved by the janitor: RQ's scheduler is evidently not running
 SCHEDULER_GRACE_SECONDS = 2
-#: RQ's full registry maintenance (finished, failed, deferred...) in the main loop
+#: RQ's full registry maintenance (finished, failed, deferred...) in the main loop, and the
+#: event log's pruning
 MAINTENANCE_SECONDS = 60
+#: event bodies deleted per maintenance round at most (1,000 a chunk): 1.4 million a day
+PRUNE_CHUNKS_PER_ROUND = 20
 #: RQ keeps a worker's key this long past its last heartbeat (+ 60 s); the heartbeat thread
 #: renews it, and an idle worker's blocking dequeue waits this - 15 s at most
 WORKER_TTL_SECONDS = 35
@@ -135,6 +138,7 @@ class EventWorker(SimpleWorker):
         """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
         cleaning of its other registries (finished, failed, deferred...)."""
         sweep(self.queues, self, full=True)
+        prune_archive(self.connection)
         self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ types it None only
 
     def handle_payload(self, message: dict[Any, Any]) -> None:
@@ -201,6 +205,24 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
         # RQ's scheduler (a child process of one worker) moves due retries every second; if
         # it died with its worker, its lock keeps others from taking over for a while
         rqcompat.move_due_retries(queue, overdue_seconds=SCHEDULER_GRACE_SECONDS)
+
+
+def prune_archive(connection: Redis) -> None:
+    """The event log's bodies past ``[archive] retention_days``, a bounded number of chunks
+    per maintenance round, by one worker at a time."""
+    if not connection.set(keys.ARCHIVE_LOCK, 1, nx=True, ex=keys.JANITOR_LOCK_SECONDS):
+        return
+    try:
+        rt = runtime.current()
+        pruned = eventlog.prune(
+            rt.engine, rt.settings.archive.retention_days, max_chunks=PRUNE_CHUNKS_PER_ROUND
+        )
+        if pruned:
+            log.info("pruned %d event bodies past the retention", pruned)
+    except Exception as err:  # the database away: next round
+        log.warning("could not prune event bodies: %s", type(err).__name__)
+    finally:
+        connection.delete(keys.ARCHIVE_LOCK)
 
 
 def connect(settings: Settings) -> Redis:
