@@ -1,24 +1,40 @@
 """What the benchmark's parts share: the configuration, the ~1 KB payload, signed requests,
-child processes (always stopped) and their peak RSS, and the bench's Redis and PostgreSQL."""
+child processes (always stopped) and their peak RSS, and the bench's Redis and PostgreSQL.
+
+Starting and stopping processes, waiting, free ports and the percentile come from
+``tests/processes.py``, shared with the tests and the fault-injection run (so the
+benchmark's p99 and the fault run's p99 are the same thing)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+# run as ``python bench/run.py``: the repository root is not on the path by itself
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.processes import (  # noqa: E402
+    env_for,
+    http_ok,
+    start_in_group,
+    stop_groups,
+    wait_until,
+)
+
+# for run.py and loadgen.py, which find tests/ through this module
+from tests.processes import free_port as free_port  # noqa: E402
+from tests.processes import hookline as hookline  # noqa: E402
+from tests.processes import percentile as percentile  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -147,27 +163,6 @@ def write_wrk_file(path: Path, events: Sequence[Signed]) -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bench_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
-        env.pop(name, None)
-    return env
-
-
-def hookline_cmd(*args: str) -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m``."""
-    script = Path(sys.executable).parent / "hookline"
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-m", "hookline.cli", *args]
-
-
 def vm_hwm_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM) of a live process, in MB (10^6 bytes)."""
     try:
@@ -233,19 +228,12 @@ class Proc:
         return self.reap(block=False)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the whole group, SIGKILL after ``grace`` seconds."""
-        if not self.alive():
-            return
-        self.sample_rss()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGTERM)
-        if not self.wait(grace):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.reap(block=True)
-        # a process group may hold children (RQ's scheduler): make sure none is left
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        """SIGTERM to the whole group, SIGKILL after ``grace`` seconds, then SIGKILL to
+        anything left in the group (RQ's scheduler); reaped with ``wait4`` for the rusage."""
+        # reaped here if it has exited (Popen.poll in stop_groups would reap it without rusage)
+        if not self.reap(block=False):
+            self.sample_rss()
+        stop_groups([self.popen], grace, wait=lambda _p, seconds: self.wait(seconds))
 
 
 class Procs:
@@ -257,17 +245,7 @@ class Procs:
 
     def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Proc:
         log = self.log_dir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                argv,
-                env=bench_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd or ROOT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, start_in_group(argv, env_for(), log, cwd), log)
         self.procs.append(proc)
         return proc
 
@@ -276,31 +254,13 @@ class Procs:
             proc.stop(grace=5.0)
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as err:  # not ready yet
-            last = err
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not happen within {timeout} s (last error: {last!r})")
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
-        return bool(resp.status == 200)
-
-
 def wait_http(proc: Proc, url: str, timeout: float = 20.0) -> None:
     def ready() -> bool:
         if not proc.alive() or proc.reap(block=False):
             raise RuntimeError(f"{proc.name} exited; see {proc.log}")
         return http_ok(url)
 
-    wait_until(ready, timeout, f"{proc.name} answering {url}")
+    wait_until(ready, timeout, f"{proc.name} answering {url}", interval=0.05)
 
 
 # -- Redis and PostgreSQL ------------------------------------------------------------------------
@@ -331,7 +291,9 @@ def truncate_tables() -> None:
     import psycopg
 
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute("TRUNCATE webhook_events, payments, dead_letters RESTART IDENTITY")
+        conn.execute(
+            "TRUNCATE event_bodies, webhook_events, payments, dead_letters RESTART IDENTITY"
+        )
 
 
 def table_counts() -> dict[str, int]:

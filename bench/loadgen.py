@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import uvloop
+from common import percentile
 
 
 class _Conn(asyncio.Protocol):
@@ -145,13 +146,11 @@ def run_paced(
         gc.enable()
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of ``values`` (p in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
-    return ordered[rank - 1]
+def pct(values: Sequence[float], p: float) -> float:
+    """The project's one percentile (``tests.processes.percentile``, nearest rank), NaN when
+    there are no values."""
+    value = percentile(values, p)
+    return float("nan") if value is None else value
 
 
 def summarize(outcomes: Sequence[Outcome | None], duration_hint: float) -> dict[str, object]:
@@ -165,10 +164,10 @@ def summarize(outcomes: Sequence[Outcome | None], duration_hint: float) -> dict[
 
     def pcts(xs: list[float]) -> dict[str, float]:
         return {
-            "p50": round(percentile(xs, 50), 3),
-            "p90": round(percentile(xs, 90), 3),
-            "p99": round(percentile(xs, 99), 3),
-            "p999": round(percentile(xs, 99.9), 3),
+            "p50": round(pct(xs, 50), 3),
+            "p90": round(pct(xs, 90), 3),
+            "p99": round(pct(xs, 99), 3),
+            "p999": round(pct(xs, 99.9), 3),
             "max": round(max(xs), 3) if xs else float("nan"),
         }
 

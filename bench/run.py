@@ -41,7 +41,7 @@ from common import (
     create_database,
     drop_database,
     free_port,
-    hookline_cmd,
+    hookline,
     redis_client,
     settings,
     sign_many,
@@ -51,10 +51,14 @@ from common import (
     wait_until,
     write_wrk_file,
 )
-from loadgen import percentile, run_paced, summarize
+from loadgen import pct, run_paced, summarize
 from profile_summary import INGRESS_BUCKETS, WORKER_BUCKETS, summarize_collapsed
+from rq import Worker
 
-QUEUE_KEY = f"rq:queue:{QUEUE}"
+from shared import keys
+
+#: RQ's list of the queued job ids (named by RQ's classes: RQ_KEY_PREFIX moves it)
+QUEUE_KEY = keys.queue_key(QUEUE)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ def start_servers(procs: Procs, cfg: Path) -> tuple[Proc, Proc, int, int]:
     )
     hook = procs.start(
         "ingress",
-        hookline_cmd("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(hl_port)),
+        hookline("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(hl_port)),
     )
     wait_http(bare, f"http://127.0.0.1:{bare_port}/healthz")
     wait_http(hook, f"http://127.0.0.1:{hl_port}/healthz")
@@ -378,7 +382,7 @@ def run_drain(
 def phase_workers(
     procs: Procs, cfg: Path, r: Any, counter: list[int], plan: Plan
 ) -> dict[str, Any]:
-    worker = hookline_cmd("worker", "--burst", "--config", str(cfg))
+    worker = hookline("worker", "--burst", "--config", str(cfg))
     ceiling = [
         sys.executable,
         str(BENCH / "drain_ceiling.py"),
@@ -413,11 +417,11 @@ def phase_e2e(procs: Procs, cfg: Path, r: Any, counter: list[int], plan: Plan) -
     port = free_port()
     hook = procs.start(
         "e2e_ingress",
-        hookline_cmd("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)),
+        hookline("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)),
     )
-    worker = procs.start("e2e_worker", hookline_cmd("worker", "--config", str(cfg)))
+    worker = procs.start("e2e_worker", hookline("worker", "--config", str(cfg)))
     wait_http(hook, f"http://127.0.0.1:{port}/healthz")
-    wait_until(lambda: r.scard("rq:workers") > 0, 30, "the worker registering")
+    wait_until(lambda: Worker.count(connection=r) > 0, 30, "the worker registering")
     host = f"127.0.0.1:{port}"
 
     def processed() -> int:
@@ -463,8 +467,8 @@ def phase_e2e(procs: Procs, cfg: Path, r: Any, counter: list[int], plan: Plan) -
 
     def pcts(xs: Sequence[float]) -> dict[str, float]:
         return {
-            "p50": round(percentile(xs, 50), 2),
-            "p99": round(percentile(xs, 99), 2),
+            "p50": round(pct(xs, 50), 2),
+            "p99": round(pct(xs, 99), 2),
             "max": round(max(xs), 2),
             "min": round(min(xs), 2),
         }
@@ -507,7 +511,7 @@ def phase_profile(
     port = free_port()
     hook = procs.start(
         "profile_ingress",
-        hookline_cmd("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)),
+        hookline("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)),
     )
     wait_http(hook, f"http://127.0.0.1:{port}/healthz")
     req_file = tmp / "profile_requests.txt"
@@ -559,7 +563,7 @@ def phase_profile(
             "--output",
             str(worker_raw),
             "--",
-            *hookline_cmd("worker", "--burst", "--config", str(cfg)),
+            *hookline("worker", "--burst", "--config", str(cfg)),
         ],
     )
     spy.wait(240)
@@ -800,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r.flushdb()
         create_database()
         subprocess.run(
-            hookline_cmd("db", "upgrade", "--config", str(cfg)),
+            hookline("db", "upgrade", "--config", str(cfg)),
             check=True,
             capture_output=True,
             cwd=tmp,
