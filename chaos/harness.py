@@ -18,9 +18,14 @@ RQ SimpleWorker with a batch loop: no fork per job), so "kill only the job's chi
 does not apply: there is no such child.
 
 Checks after the queues drain: no acknowledged event lost (each is in ``webhook_events`` or
-``dead_letters``), no effect applied twice, the dead letters are exactly the poison events, and
-replaying them (two ``hookline dlq replay --all`` at once) after the cause is fixed applies
-each once.
+``dead_letters``), no effect applied twice, the dead letters are exactly the poison events
+(each with its ``webhook_events`` row ``dead``, none also applied), every job a fault left in
+the middle retried or dead-lettered within 30 s of the kill or SIGSTOP (the decision's time is
+the one ``workers.retries`` stamps on the abandoned attempt's error) and, after a kill, applied
+after its backoff; and replaying the dead letters (two ``hookline dlq replay --all`` at once)
+after the cause is fixed applies each once. Every key in the run's Redis must be under RQ's
+``RQ_KEY_PREFIX`` or hookline's own prefix (the run and every process it starts read the
+variable from the environment).
 """
 
 from __future__ import annotations
@@ -51,17 +56,15 @@ from typing import Any
 from chaos import report
 from chaos.handlers import EFFECTS_TABLE_DDL, SLOW_ENV, STATE_ENV
 from chaos.sender import Key, Mix, Sender
-from chaos.services import (
+from chaos.services import PostgresCluster, RedisServer, Restart, Supervisor, snapshot_code
+from tests.processes import (
     ROOT,
-    PostgresCluster,
-    RedisServer,
-    Restart,
-    Supervisor,
-    child_env,
+    env_for,
     free_port,
-    hookline_argv,
+    hookline,
     pid_alive,
-    snapshot_code,
+    processes_in_groups,
+    wait_until,
 )
 
 SYSTEM_PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
@@ -195,22 +198,6 @@ def http_status(url: str) -> int:
         return int(err.code)
 
 
-def process_groups_alive(pgids: Iterable[int]) -> list[int]:
-    """Live processes (not zombies) whose process group is one of ``pgids``."""
-    wanted = set(pgids)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) in wanted:
-            found.append(int(entry.name))
-    return found
-
-
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -248,6 +235,8 @@ class Harness:
         self.abandoned: list[Abandoned] = []
         self._abandoned_keys: set[Key] = set()
         self.stopped_pid: int | None = None
+        #: when each SIGSTOPped worker (by pid) got its SIGCONT
+        self.resumed_at: dict[int, float] = {}
         self.first_visible: dict[Key, float] = {}
         self._watch: dict[Key, float] = {}
         self._watch_lock = threading.Lock()
@@ -395,7 +384,7 @@ secrets = ["{keys["moncash"]}"]
         self.settings = load_settings(self.config_path)
 
     def _env(self) -> dict[str, str]:
-        return child_env(
+        return env_for(
             self.code_root,
             HOOKLINE_CONFIG=str(self.config_path),
             **{STATE_ENV: str(self.state), SLOW_ENV: str(self.profile.slow_seconds)},
@@ -408,7 +397,7 @@ secrets = ["{keys["moncash"]}"]
         env = self._env()
         self.sup.add(
             "serve",
-            hookline_argv("serve", "--host", "127.0.0.1", "--port", str(self.port)),
+            hookline("serve", "--host", "127.0.0.1", "--port", str(self.port)),
             env,
             self.logs / "serve.log",
             self.code_root,
@@ -416,7 +405,7 @@ secrets = ["{keys["moncash"]}"]
         for i in range(1, self.profile.workers + 1):
             self.sup.add(
                 f"worker-{i}",
-                hookline_argv("worker"),
+                hookline("worker"),
                 env,
                 self.logs / f"worker-{i}.log",
                 self.code_root,
@@ -424,21 +413,14 @@ secrets = ["{keys["moncash"]}"]
         base = f"http://127.0.0.1:{self.port}"
         self._wait(lambda: http_status(f"{base}/readyz") == 200, 30, "the ingress being ready")
         self._wait(
-            lambda: len(Worker.all(connection=self.rclient)) >= self.profile.workers,
+            lambda: Worker.count(connection=self.rclient) >= self.profile.workers,
             60,
             "the workers registering",
         )
         self.say(f"ingress on {base}, {self.profile.workers} workers up")
 
     def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            self.sup.check()
-            time.sleep(0.1)
-        raise RuntimeError(f"{what} did not happen within {timeout} s")
+        wait_until(check, timeout, what, between=self.sup.check)
 
     # -- monitors --------------------------------------------------------------------------
 
@@ -460,8 +442,12 @@ secrets = ["{keys["moncash"]}"]
             socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), 0),
         )
-        key = f"rq:queue:{self.settings.queue}"
-        lock_key = f"rq:scheduler-lock:{self.settings.queue}"
+        from rq.scheduler import RQScheduler
+
+        from shared import keys
+
+        key = keys.queue_key(self.settings.queue)
+        lock_key = str(RQScheduler.get_locking_key(self.settings.queue))
         holder: bytes | None = b"?"
         while not self._stop_threads.wait(0.25):
             try:
@@ -543,65 +529,81 @@ secrets = ["{keys["moncash"]}"]
                 return pid, (source, event_id)
         return None
 
-    def _rq_names(self, pid: int) -> list[str]:
-        """RQ's worker names for ``pid``: more than one once the process re-registered (it
-        does after a Redis outage)."""
-        from rq import Worker
-
-        with contextlib.suppress(Exception):
-            return [w.name for w in Worker.all(connection=self.rclient) if w.pid == pid]
-        return []
-
-    def _held_jobs(self, names: list[str]) -> tuple[list[tuple[str, Key | None]], float | None]:
-        """The jobs RQ's started registry holds for the worker named one of ``names`` (a
-        batch's entries carry the worker's name; RQ's own executions are listed under the
-        worker), each with its event, and the latest expiry among their entries."""
+    def _queue(self) -> Any:
+        """RQ's queue object for the run's queue (every key it names follows RQ_KEY_PREFIX)."""
         from rq import Queue
 
-        if not names:
+        from shared.rqcompat import JobSerializer
+
+        return Queue(self.settings.queue, connection=self.rclient, serializer=JobSerializer)
+
+    def _held_jobs(self, pid: int) -> tuple[list[tuple[str, Key | None]], float | None]:
+        """The jobs the worker process ``pid`` holds, as RQ's own API lists them (its current
+        executions: a batch registers one per job), each with its event, and the latest expiry
+        among their StartedJobRegistry entries. The process may be registered under more than
+        one name (it registers again after a Redis outage): all of them count."""
+        from rq import Worker
+
+        from shared.rqcompat import JobSerializer
+
+        executions: list[Any] = []
+        with contextlib.suppress(Exception):
+            for w in Worker.all(connection=self.rclient, serializer=JobSerializer):
+                if w.pid == pid:
+                    executions += w.get_current_executions(refresh=True)
+        if not executions:
             return [], None
-        registry = Queue(self.settings.queue, connection=self.rclient).started_job_registry.key
-        entries = self.rclient.zrange(registry, 0, -1, withscores=True)
-        executions: set[str] = set()
-        for name in names:
-            executions |= {
-                e.decode() for e in self.rclient.smembers(f"rq:worker:{name}:executions")
-            }
-        held: dict[str, float] = {}
-        for raw, score in entries:
-            entry = raw.decode()
-            if any(name in entry for name in names) or entry in executions:
-                held[entry.split(":", 1)[0]] = float(score)
-        job_ids = sorted(held)
-        pipe = self.rclient.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(f"rq:job:{job_id}", "description")
+        registry = self._queue().started_job_registry.key
+        scores = self.rclient.zmscore(registry, [e.composite_key for e in executions])
+        expiry = max((float(x) for x in scores if x is not None), default=None)
+        return self._events_of(sorted({str(e.job_id) for e in executions})), expiry
+
+    def _events_of(self, job_ids: Sequence[str]) -> list[tuple[str, Key | None]]:
+        """Each job with the event it carries (None if the job or its data is gone)."""
+        from rq.job import Job
+
+        from shared.rqcompat import JobSerializer
+
+        jobs = Job.fetch_many(list(job_ids), connection=self.rclient, serializer=JobSerializer)
         out: list[tuple[str, Key | None]] = []
-        for job_id, desc in zip(job_ids, pipe.execute(), strict=True):
-            parts = desc.decode().split(" ", 1) if desc else []
-            out.append((job_id, (parts[0], parts[1]) if len(parts) == 2 else None))
-        return out, (max(held.values()) if held else None)
+        for job_id, job in zip(job_ids, jobs, strict=True):
+            key: Key | None = None
+            with contextlib.suppress(Exception):
+                if job is not None:
+                    envelope = job.args[0]
+                    key = (str(envelope["source"]), str(envelope["event_id"]))
+            out.append((job_id, key))
+        return out
+
+    def job_errors(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The failed attempts' errors each job carries in its meta (hookline keeps them there
+        until the event ends; the job outlives its success by its result TTL)."""
+        from rq.job import Job
+
+        from shared.rqcompat import JobSerializer
+        from workers.retries import ERRORS_META
+
+        ids = sorted(set(job_ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        with contextlib.suppress(Exception):
+            jobs = Job.fetch_many(ids, connection=self.rclient, serializer=JobSerializer)
+            for job_id, job in zip(ids, jobs, strict=True):
+                errors = job.meta.get(ERRORS_META) if job is not None else None
+                if isinstance(errors, list):
+                    out[job_id] = [e for e in errors if isinstance(e, dict)]
+        return out
 
     def _stuck_in_intermediate(self) -> list[tuple[str, Key | None]]:
         """Jobs a worker had moved into RQ's intermediate list (its blocking BLMOVE) but not
         yet taken: a live worker takes its id out within milliseconds, so an id still there
         half a second after a kill was the victim's."""
-        from rq import Queue
-
-        key = Queue(self.settings.queue, connection=self.rclient).intermediate_queue_key
+        key = self._queue().intermediate_queue_key
         before = {x.decode() for x in self.rclient.lrange(key, 0, -1)}
         if not before:
             return []
         time.sleep(0.5)
         stuck = sorted(before & {x.decode() for x in self.rclient.lrange(key, 0, -1)})
-        pipe = self.rclient.pipeline(transaction=False)
-        for job_id in stuck:
-            pipe.hget(f"rq:job:{job_id}", "description")
-        out: list[tuple[str, Key | None]] = []
-        for job_id, desc in zip(stuck, pipe.execute(), strict=True):
-            parts = desc.decode().split(" ", 1) if desc else []
-            out.append((job_id, (parts[0], parts[1]) if len(parts) == 2 else None))
-        return out
+        return self._events_of(stuck)
 
     def _seek_victim(self, deadline: float) -> tuple[int, str, Key | None, str] | None:
         """A worker to hit: one inside a slow handler if any shows up before the deadline,
@@ -621,6 +623,7 @@ secrets = ["{keys["moncash"]}"]
     def _note_abandoned(
         self,
         fault: str,
+        at: float,
         pid: int,
         worker: str,
         how: str,
@@ -628,8 +631,7 @@ secrets = ["{keys["moncash"]}"]
         held: list[tuple[str, Key | None]],
         held_label: str = "in its batch",
     ) -> int:
-        """Remember every event the fault left in the middle; returns how many."""
-        at = time.time()
+        """Remember every event the fault (at ``at``) left in the middle; returns how many."""
         items: dict[Key, Abandoned] = {}
         if slow_key is not None:
             items[slow_key] = Abandoned(fault, *slow_key, at, worker, pid, how)
@@ -664,11 +666,12 @@ secrets = ["{keys["moncash"]}"]
             pid, worker, slow_key, how = victim
             self.sup.expect_death(pid)
             self.sup.procs[worker].signal_group(signal.SIGKILL)
-            held, _ = self._held_jobs(self._rq_names(pid))
-            n = self._note_abandoned("kill", pid, worker, how, slow_key, held)
+            at = time.time()
+            held, _ = self._held_jobs(pid)
+            n = self._note_abandoned("kill", at, pid, worker, how, slow_key, held)
             stuck = self._stuck_in_intermediate()
             n += self._note_abandoned(
-                "kill", pid, worker, how, None, stuck, "in RQ's intermediate list, not taken"
+                "kill", at, pid, worker, how, None, stuck, "in RQ's intermediate list, not taken"
             )
             self.record(
                 "kill -9 worker", worker=worker, pid=pid, holding=how, event=slow_key, jobs_held=n
@@ -690,13 +693,14 @@ secrets = ["{keys["moncash"]}"]
             self._seeking_stop = False
             pid, worker, slow_key, how = victim
             self.sup.procs[worker].signal_group(signal.SIGSTOP)
+            at = time.time()
             self.stopped_pid = pid
-            held, expiry = self._held_jobs(self._rq_names(pid))
-            n = self._note_abandoned("stop", pid, worker, how, slow_key, held)
+            held, expiry = self._held_jobs(pid)
+            n = self._note_abandoned("stop", at, pid, worker, how, slow_key, held)
             stop_for = self.profile.stop_seconds
             if self.profile.force_takeover and expiry is not None:
                 # resume only once another worker has taken the jobs over: their registry
-                # entries expire, then a janitor round (every 15 s) retries them
+                # entries expire, then a janitor round (every 5 s) retries them
                 stop_for = min(self.profile.stop_max, max(stop_for, expiry - time.time() + 25))
             self.record(
                 "SIGSTOP worker",
@@ -716,6 +720,7 @@ secrets = ["{keys["moncash"]}"]
     def _resume(self, worker: str, pid: int) -> Callable[[], float | None]:
         def run() -> float | None:
             self.sup.procs[worker].signal_group(signal.SIGCONT)
+            self.resumed_at[pid] = time.time()
             self.stopped_pid = None
             self.record("SIGCONT worker", worker=worker, pid=pid)
             return None
@@ -845,9 +850,7 @@ secrets = ["{keys["moncash"]}"]
     # -- draining --------------------------------------------------------------------------
 
     def rq_state(self) -> dict[str, int]:
-        from rq import Queue
-
-        q = Queue(self.settings.queue, connection=self.rclient)
+        q = self._queue()
         pipe = self.rclient.pipeline(transaction=False)
         pipe.llen(q.key)
         pipe.llen(q.intermediate_queue_key)
@@ -935,6 +938,7 @@ secrets = ["{keys["moncash"]}"]
                         webhook_events.c.status,
                         webhook_events.c.attempts,
                         webhook_events.c.processed_at,
+                        webhook_events.c.errors,
                     )
                 )
             }
@@ -950,6 +954,7 @@ secrets = ["{keys["moncash"]}"]
                         dead_letters.c.attempts,
                         dead_letters.c.failed_at,
                         dead_letters.c.replays,
+                        dead_letters.c.errors,
                     )
                 )
             }
@@ -974,6 +979,26 @@ secrets = ["{keys["moncash"]}"]
             }
         return {"events": events, "dead": dead, "effects": effects, "payments": pays}
 
+    def redis_key_census(self) -> dict[str, Any]:
+        """Every key in the run's Redis (its own: nothing else writes there) must be under
+        RQ's prefix or hookline's. With a non-default ``RQ_KEY_PREFIX`` this shows that no
+        process of the run (ingress, workers, RQ's scheduler, ``dlq replay``, this harness)
+        named an RQ key by hand."""
+        from rq.defaults import RQ_KEY_PREFIX
+
+        from shared import keys
+
+        allowed = (f"{RQ_KEY_PREFIX}:", keys.PREFIX)
+        names = [k.decode(errors="replace") for k in self.rclient.scan_iter(count=1000)]
+        outside = sorted(n for n in names if not n.startswith(allowed))
+        return {
+            "rq_key_prefix": RQ_KEY_PREFIX,
+            "hookline_prefix": keys.PREFIX,
+            "keys": len(names),
+            "outside_prefixes": outside[:50],
+            "outside_prefixes_count": len(outside),
+        }
+
     # -- replay ----------------------------------------------------------------------------
 
     def replay(self) -> None:
@@ -986,7 +1011,7 @@ secrets = ["{keys["moncash"]}"]
         (self.state / "poison").unlink()
         self.say(f"poison cause fixed; replaying {len(dead_keys)} dead letters, twice at once")
         env = self._env()
-        argv = hookline_argv("dlq", "replay", "--all")
+        argv = hookline("dlq", "replay", "--all")
         procs = [
             subprocess.Popen(
                 argv,
@@ -1025,11 +1050,13 @@ secrets = ["{keys["moncash"]}"]
         per_event: list[dict[str, Any]] = []
         for key in dead_keys:
             eff = after["effects"].get(key)
+            row = after["events"].get(key)
             per_event.append(
                 {
                     "event": list(key),
                     "effect_rows": eff.n if eff is not None else 0,
-                    "in_webhook_events": key in after["events"],
+                    # a dead letter has a webhook_events row 'dead' too: applied means processed
+                    "processed": row is not None and row.status == "processed",
                     "still_dead": key in after["dead"],
                 }
             )
@@ -1038,9 +1065,8 @@ secrets = ["{keys["moncash"]}"]
             "dead_letters_replayed": len(dead_keys),
             "replays": outputs,
             "drain": drain,
-            "applied_once": sum(
-                1 for x in per_event if x["effect_rows"] == 1 and x["in_webhook_events"]
-            ),
+            "applied_once": sum(1 for x in per_event if x["effect_rows"] == 1 and x["processed"]),
+            "not_processed": [x["event"] for x in per_event if not x["processed"]],
             "not_applied": [x["event"] for x in per_event if x["effect_rows"] == 0],
             "applied_more_than_once": [x["event"] for x in per_event if x["effect_rows"] > 1],
             "dead_letters_left": len(after["dead"]),
@@ -1089,7 +1115,7 @@ secrets = ["{keys["moncash"]}"]
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         # anything left in one of our process groups (a worker's RQ scheduler child...)
         time.sleep(0.2)
-        left = process_groups_alive(pgids)
+        left = processes_in_groups(pgids)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -1167,6 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         report.measure(harness, harness.tables(), drain)
         harness.replay()
+        harness.results["redis_keys"] = harness.redis_key_census()
         harness.results["targets"] = report.targets(harness.results)
         missed = [t for t in harness.results["targets"] if t["result"] == "MISS"]
         status = 1 if missed else 0

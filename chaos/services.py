@@ -1,8 +1,9 @@
 """The chaos run's own services and processes: a Redis it can kill, an optional PostgreSQL
 cluster it can restart, and a small supervisor that restarts the hookline processes that die.
 
-Every process is started in a process group of its own and stopped by its group id; nothing
-here looks for processes by name.
+Every process is started in a process group of its own and stopped by its group id, with the
+helpers the tests and the benchmark use too (:mod:`tests.processes`); nothing here looks for
+processes by name.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,22 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from hookline.dev import redis_server_binary
+from tests.processes import (
+    ROOT,
+    env_for,
+    pid_alive,
+    signal_group,
+    start_in_group,
+    stop_groups,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def hookline_argv(*args: str) -> list[str]:
-    """The ``hookline`` console script beside this interpreter, else ``python -m``."""
-    script = Path(sys.executable).parent / "hookline"
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-m", "hookline.cli", *args]
+#: a supervised process stopped at the end gets this long after SIGTERM before SIGKILL
+STOP_GRACE_SECONDS = 10.0
 
 
 #: the packages hookline's processes import (and the chaos handlers)
@@ -72,23 +66,6 @@ def snapshot_code(dest: Path) -> dict[str, Any]:
     }
 
 
-def child_env(code_root: Path = ROOT, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONUNBUFFERED": "1"}
-    for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a live process (a zombie awaiting its parent does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @dataclass
 class Managed:
     """One process we start, in its own process group, logging to a file."""
@@ -103,16 +80,7 @@ class Managed:
     pids: list[int] = field(default_factory=list)
 
     def start(self) -> int:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.cwd,
-                process_group=0,
-            )
+        self.proc = start_in_group(self.argv, self.env, self.log, self.cwd)
         self.started_at = time.time()
         self.pids.append(self.proc.pid)
         return self.proc.pid
@@ -129,13 +97,11 @@ class Managed:
         return self.proc is not None and self.proc.poll() is None
 
     def signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        if self.proc is not None:
+            signal_group(self.proc, sig)
 
     def kill(self, wait: float = 10) -> int | None:
-        """SIGKILL the whole group (a stopped process dies too) and reap it."""
+        """SIGKILL the whole group (a stopped process dies too) and reap it: a fault."""
         if self.proc is None:
             return None
         self.signal_group(signal.SIGKILL)
@@ -143,6 +109,13 @@ class Managed:
             return self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             return None
+
+    def stop(self) -> None:
+        """The end of the run: SIGTERM, then SIGKILL (a SIGSTOPped process gets SIGCONT too,
+        so it can act on the SIGTERM)."""
+        if self.proc is not None:
+            self.signal_group(signal.SIGCONT)
+            stop_groups([self.proc], STOP_GRACE_SECONDS)
 
 
 class RedisServer:
@@ -170,7 +143,7 @@ class RedisServer:
             "--daemonize",
             "no",
         ]
-        self.process = Managed("redis", argv, child_env(), log)
+        self.process = Managed("redis", argv, env_for(), log)
 
     @property
     def url(self) -> str:
@@ -212,7 +185,7 @@ class RedisServer:
         self.process.kill()
 
     def stop(self) -> None:
-        self.process.kill()
+        self.process.stop()
 
 
 def postgres_bin_dir() -> Path | None:
@@ -384,5 +357,8 @@ class Supervisor:
         return [pid for m in self.procs.values() for pid in m.pids]
 
     def stop_all(self) -> None:
-        for managed in self.procs.values():
-            managed.kill()
+        """SIGCONT and SIGTERM to every group at once, SIGKILL to those left after the grace."""
+        running = [m.proc for m in self.procs.values() if m.proc is not None]
+        for proc in running:
+            signal_group(proc, signal.SIGCONT)
+        stop_groups(running, STOP_GRACE_SECONDS)
