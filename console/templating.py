@@ -1,0 +1,57 @@
+"""The templates' environment: Jinja2 with autoescaping on (every value shown is escaped
+unless a template says otherwise, and none does), undefined names an error, and the few
+filters the pages use."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("console", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = when
+    env.filters["segment"] = segment
+    env.globals["qs"] = qs
+
+
+def when(value: object) -> str:
+    """A time as operators read it: UTC, to the second."""
+    if value is None or value == "":
+        return "—"
+    moment: dt.datetime
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, int | float):
+        moment = dt.datetime.fromtimestamp(value, dt.UTC)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        return str(value)
+    if moment.tzinfo is None:  # SQLite's: stored in UTC
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def segment(value: Any) -> str:
+    """One path segment: every ``/``, ``?``, ``#`` and ``%`` encoded."""
+    return quote(str(value), safe="")
+
+
+def qs(params: dict[str, Any], **extra: Any) -> str:
+    """A query string of the non-empty values."""
+    merged = {**params, **extra}
+    return urlencode({k: v for k, v in merged.items() if v not in (None, "")})
