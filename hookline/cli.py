@@ -181,8 +181,11 @@ def main() -> None:
 def serve(config_path: str | None, host: str, port: int) -> None:
     """Run the ingress (aiohttp)."""
     from ingest.app import run
+    from shared import redisconn
 
     settings = _settings(config_path)
+    if redisconn.parse_sentinel(settings.redis_url):
+        redisconn.check(settings.redis_url)  # a service no sentinel knows: one line, exit 2
     _logging()
     run(settings, host, port)
 
@@ -664,9 +667,7 @@ def console(config_path: str | None, host: str, port: int) -> None:
     """The operators' web console (its own process and port, never the ingress's)."""
     settings = _settings(config_path)
     if not settings.console.token:
-        fail(
-            'the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}"', EXIT_USAGE
-        )
+        fail('the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}"', EXIT_USAGE)
     from console.app import run
 
     _logging()

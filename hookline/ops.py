@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue, Worker
 from sqlalchemy import Engine
 
-from shared import eventlog, traffic
+from shared import eventlog, redisconn, traffic
 from shared.config import Settings
 from shared.db import make_engine
 from shared.enqueue import JobSpec
@@ -26,7 +26,11 @@ from workers import deadletters
 
 
 def connect_redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    """The deployment's Redis (through Sentinel when ``redis_url`` says so), checked first so
+    a Sentinel service no sentinel knows is one clear line."""
+    if redisconn.parse_sentinel(settings.redis_url):
+        redisconn.check(settings.redis_url)
+    return redisconn.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
 
 
 class Operations:

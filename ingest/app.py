@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -29,10 +30,17 @@ from redis.exceptions import RedisError
 from ingest.addresses import allowed, client_address
 from ingest.body import read_body
 from ingest.metrics import IngestMetrics
+from shared import redisconn
 from shared.config import Settings, SourceSettings
 from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
 from shared.envelope import Envelope, redact_headers
-from shared.errors import EventIdNotFound, IpNotAllowed, RequestRejected, UnknownSource
+from shared.errors import (
+    ConfigError,
+    EventIdNotFound,
+    IpNotAllowed,
+    RequestRejected,
+    UnknownSource,
+)
 from shared.locators import MAX_ID_LENGTH, JsonBody, locate
 from shared.traffic import UNKNOWN, Rejection, Traffic, header_names
 
@@ -84,7 +92,7 @@ def _redis_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = settings.ingest.redis_timeout_seconds
-        client = given or aioredis.Redis.from_url(
+        client = given or redisconn.connect_async(
             settings.redis_url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -99,6 +107,8 @@ def _redis_ctx(
         app[REDIS] = client
         # EVALSHA: the script's text is sent once per connection, not with every event
         app[SCRIPT] = client.register_script(CLAIM_AND_ENQUEUE)
+        if settings.ingest.ack_fsync:
+            await _check_waitaof(client)
         yield
         if given is None:
             await client.aclose()
@@ -128,6 +138,25 @@ async def _flush(app: web.Application) -> None:
             await app[TRAFFIC].flush(app[REDIS])
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("traffic not written yet: %s", type(err).__name__)
+
+
+async def _check_waitaof(client: aioredis.Redis) -> None:
+    """``ack_fsync`` needs WAITAOF (Redis 7.2+) and an append-only file: a startup error
+    naming the version otherwise. A Redis not reachable yet is checked by its first answer."""
+    try:
+        async with asyncio.timeout(3):
+            server = await client.info("server")
+            persistence = await client.info("persistence")
+    except (RedisError, OSError, TimeoutError) as err:
+        log.warning("ack_fsync: Redis not reachable to check WAITAOF yet (%s)", type(err).__name__)
+        return
+    version = str(server.get("redis_version", "0"))
+    if tuple(int(x) for x in re.findall(r"\d+", version)[:2]) < (7, 2):
+        raise ConfigError(
+            f"ingest.ack_fsync needs Redis 7.2 or later (WAITAOF); this Redis is {version}"
+        )
+    if not int(persistence.get("aof_enabled", 0)):
+        raise ConfigError("ingest.ack_fsync needs Redis's append-only file (appendonly yes)")
 
 
 @web.middleware
@@ -225,20 +254,26 @@ def _event_id(request: web.Request, source: SourceSettings, body: bytes) -> str:
 async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Response:
     app = request.app
     metrics = app[METRICS]
-    keys_, args = script_call(envelope, app[JOB_SPEC])
+    ingest = app[SETTINGS].ingest
+    replicated = bool(ingest.ack_replicas or ingest.ack_fsync)
+    keys_, args = script_call(envelope, app[JOB_SPEC], replicated=replicated)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds):
-            reply = await app[SCRIPT](keys=keys_, args=args)
+            reply, acknowledged = await _claim(app, keys_, args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
-        _remember_rejection(request, envelope.source, 503, "unavailable")
         log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
-        return web.json_response(
-            {"error": "unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
+        return _unavailable(request, envelope.source, "unavailable")
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     result = parse_reply(reply)
+    if not acknowledged:
+        # claimed and queued on the primary (now, or by an earlier delivery), not yet on enough
+        # replicas: not acknowledged. The provider's retry is answered once the claim is on
+        # them (a duplicate), or, if this primary died first, is accepted again on the new
+        # one; either way it is applied once.
+        log.warning("event of %s not replicated in time: 503", envelope.source)
+        return _unavailable(request, envelope.source, "not_replicated")
     if not result.accepted:
         metrics.duplicates.labels(envelope.source).inc()
         app[TRAFFIC].count(envelope.source, "duplicate")
@@ -246,6 +281,33 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     metrics.accepted.labels(envelope.source).inc()
     app[TRAFFIC].count(envelope.source, "accepted")
     return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
+
+
+async def _claim(app: web.Application, keys_: list[str], args: list[Any]) -> tuple[Any, bool]:
+    """The claim script's reply, and whether the write is as durable as configured: held by
+    ``ack_replicas`` replicas (WAIT), and fsynced to the append-only file with ``ack_fsync``
+    (WAITAOF), asked on the same connection in the same round trip."""
+    ingest = app[SETTINGS].ingest
+    if not ingest.ack_replicas and not ingest.ack_fsync:
+        return await app[SCRIPT](keys=keys_, args=args), True
+    async with app[REDIS].pipeline(transaction=False) as pipe:
+        await app[SCRIPT](keys=keys_, args=args, client=pipe)
+        if ingest.ack_fsync:
+            pipe.execute_command("WAITAOF", 1, ingest.ack_replicas, ingest.ack_replicas_timeout_ms)
+        else:
+            pipe.execute_command("WAIT", ingest.ack_replicas, ingest.ack_replicas_timeout_ms)
+        reply, acks = await pipe.execute()
+    if ingest.ack_fsync:
+        local, replicas = (int(x) for x in acks)
+        return reply, local >= 1 and replicas >= ingest.ack_replicas
+    return reply, int(acks) >= ingest.ack_replicas
+
+
+def _unavailable(request: web.Request, source: str, reason: str) -> web.Response:
+    _remember_rejection(request, source, 503, reason)
+    return web.json_response(
+        {"error": "unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
 
 
 async def healthz(_request: web.Request) -> web.Response:

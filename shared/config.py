@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import redisconn
 from shared.errors import ConfigError
 from shared.locators import Locator, parse_locator
 from shared.signatures import SCHEMES, Scheme, SchemeConfig, build_scheme
@@ -64,6 +65,13 @@ class IngestSettings:
     redis_timeout_seconds: float = 1.0
     #: one line per request (method, path, status, size, time; never headers)
     access_log: bool = True
+    #: 202 only once this many replicas hold the claim and the job (Redis WAIT); 0: at once
+    ack_replicas: int = 0
+    #: how long to wait for them; longer is 503 + Retry-After (the claim stays: a retry by the
+    #: provider is a duplicate, or is accepted again on a new primary)
+    ack_replicas_timeout_ms: int = 200
+    #: also wait for the primary's append-only file to be fsynced (WAITAOF, Redis 7.2+)
+    ack_fsync: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ def settings_from_mapping(
     data = _expand(raw, env, "")
     _no_unknown(data, _TOP_KEYS, "")
     redis_url = env.get("HOOKLINE_REDIS_URL") or _get(data, "redis_url", str, DEFAULT_REDIS_URL)
+    redisconn.validate(redis_url)
     database_url = env.get("HOOKLINE_DATABASE_URL") or _relative_to(
         _get(data, "database_url", str, DEFAULT_DATABASE_URL), path
     )
@@ -183,7 +192,7 @@ def settings_from_mapping(
         redis_url=redis_url,
         database_url=database_url,
         queue=_get(data, "queue", str, "hookline"),
-        ingest=_ingest(_get(data, "ingest", dict, {})),
+        ingest=_checked_ingest(_ingest(_get(data, "ingest", dict, {}))),
         worker=_worker(_get(data, "worker", dict, {})),
         archive=_archive(_get(data, "archive", dict, {})),
         console=_console(_get(data, "console", dict, {})),
@@ -243,6 +252,12 @@ def _positive(value: int | float, name: str) -> Any:
     return value
 
 
+def _at_least(value: int, minimum: int, name: str) -> int:
+    if value < minimum:
+        raise ConfigError(f"{name} must be {minimum} or more")
+    return value
+
+
 def _networks(values: Any, name: str) -> tuple[IPNetwork, ...]:
     if not isinstance(values, list):
         raise ConfigError(f"{name} must be a list of addresses or CIDRs")
@@ -277,7 +292,23 @@ def _ingest(data: Mapping[str, Any]) -> IngestSettings:
             "ingest.redis_timeout_seconds",
         ),
         access_log=_get(data, "access_log", bool, d.access_log, w),
+        ack_replicas=_at_least(
+            _get(data, "ack_replicas", int, d.ack_replicas, w), 0, "ingest.ack_replicas"
+        ),
+        ack_replicas_timeout_ms=_positive(
+            _get(data, "ack_replicas_timeout_ms", int, d.ack_replicas_timeout_ms, w),
+            "ingest.ack_replicas_timeout_ms",
+        ),
+        ack_fsync=_get(data, "ack_fsync", bool, d.ack_fsync, w),
     )
+
+
+def _checked_ingest(settings: IngestSettings) -> IngestSettings:
+    if settings.ack_replicas_timeout_ms >= settings.redis_timeout_seconds * 1000:
+        raise ConfigError(
+            "ingest.ack_replicas_timeout_ms must be shorter than ingest.redis_timeout_seconds"
+        )
+    return settings
 
 
 def _worker(data: Mapping[str, Any]) -> WorkerSettings:

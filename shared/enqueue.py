@@ -35,10 +35,12 @@ from shared.rqcompat import PER_EVENT_FIELDS, JobSerializer, queued_job_fields
 
 CLAIM_AND_ENQUEUE = """
 -- KEYS[1] the claim (hookline's), KEYS[2] the job hash, KEYS[3] the queue list, KEYS[4] the set
---         of queues (RQ's keys, named by RQ's classes: shared.keys)
+--         of queues (RQ's keys, named by RQ's classes: shared.keys); KEYS[5], only when the
+--         answer waits for replicas: the barrier a duplicate writes (see ack_barrier_key)
 -- ARGV[1] the job id, ARGV[2] the claim's TTL, ARGV[3...] the job hash's field/value pairs
 local claimed = redis.call("GET", KEYS[1])
 if claimed then
+    if KEYS[5] then redis.call("INCR", KEYS[5]) end
     return {0, claimed}
 end
 local function undo(err, step)
@@ -158,8 +160,11 @@ def job_fields(envelope: Envelope, spec: JobSpec) -> list[Any]:
     return out
 
 
-def script_call(envelope: Envelope, spec: JobSpec) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for :data:`CLAIM_AND_ENQUEUE`."""
+def script_call(
+    envelope: Envelope, spec: JobSpec, *, replicated: bool = False
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for :data:`CLAIM_AND_ENQUEUE`; ``replicated`` when the answer waits for
+    replicas (a duplicate then writes the barrier, so waiting for it waits for the claim)."""
     job_id = uuid.uuid4().hex
     keys_ = [
         keys.claim_key(envelope.source, envelope.event_id),
@@ -167,6 +172,8 @@ def script_call(envelope: Envelope, spec: JobSpec) -> tuple[list[str], list[Any]
         keys.queue_key(spec.queue),
         keys.QUEUES_SET,
     ]
+    if replicated:
+        keys_.append(keys.ACK_BARRIER)
     args: list[Any] = [job_id, spec.claim_ttl_seconds, *job_fields(envelope, spec)]
     return keys_, args
 

@@ -46,6 +46,11 @@ RESULT_TTL_SECONDS = 3600
 #: good, the job is only there for RQ's own tools.
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
+#: ``<PREFIX>ack-barrier``: a counter a duplicate delivery increments when acknowledgements wait
+#: for replicas. Redis's WAIT waits for the writes of the asking connection; a duplicate writes
+#: nothing of its own, so it writes this, which replicates after the earlier claim it found:
+#: a "duplicate" is answered only once that claim is on the replicas too.
+ACK_BARRIER = PREFIX + "ack-barrier"
 #: ``<PREFIX>stats:{minute}`` -> {"source\tkind": count}: the ingress's per-minute counts
 #: (accepted, duplicate, rejected:<reason>), kept two hours for the console's last hour
 STATS = PREFIX + "stats:"

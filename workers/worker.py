@@ -45,7 +45,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
-from shared import eventlog, keys, rqcompat
+from shared import eventlog, keys, redisconn, rqcompat
 from shared.config import Settings
 from shared.rqcompat import JobSerializer
 from workers import retries, runtime
@@ -226,7 +226,11 @@ def prune_archive(connection: Redis) -> None:
 
 
 def connect(settings: Settings) -> Redis:
-    return Redis.from_url(
+    """The worker's Redis (through Sentinel when ``redis_url`` says so): checked at start, so
+    a Sentinel service no sentinel knows stops the worker with one line."""
+    if redisconn.parse_sentinel(settings.redis_url):
+        redisconn.check(settings.redis_url)
+    return redisconn.connect(
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
     )
 
