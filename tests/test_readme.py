@@ -167,3 +167,46 @@ def test_every_python_example_compiles() -> None:
         text = textwrap.dedent(block)
         compile(text, "README.md", "exec")
         assert "from workers import" not in text and "shared.errors" not in text
+
+
+def test_the_deploy_configuration_loads_with_its_secrets_from_the_environment() -> None:
+    from shared.config import load_settings
+
+    text = (ROOT / "deploy" / "hookline.toml").read_text()
+    names = set(re.findall(r"\$\{([A-Z_]+)\}", text))
+    settings = load_settings(
+        ROOT / "deploy" / "hookline.toml", environ={n: "x" * 32 for n in names}
+    )
+    assert set(settings.sources) == {"moncash", "nowallet", "helloasso"}
+    # the sentinel URL its comment shows is one hookline accepts
+    [url] = re.findall(r"HOOKLINE_REDIS_URL=(redis\+sentinel://\S+)", text)
+    from shared.redisconn import parse_sentinel
+
+    target = parse_sentinel(url)
+    assert target is not None and target.service == "hookline" and len(target.sentinels) == 3
+    # and every name it reads from the environment is in .env.example
+    example = (ROOT / ".env.example").read_text()
+    assert all(f"{n}=" in example for n in names)
+
+
+def test_the_compose_file_is_valid_for_compose_itself(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import pytest
+
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (the file is also checked by reading)")
+    # in a folder of its own: the services read .env, which is not committed
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text().replace("=change-me", "=x"))
+    (tmp_path / "docker-compose.yml").write_text((ROOT / "docker-compose.yml").read_text())
+    for profile in ([], ["--profile", "ha"]):
+        result = subprocess.run(
+            [binary, *profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
