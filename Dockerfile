@@ -8,6 +8,7 @@ COPY hookline ./hookline
 COPY ingest ./ingest
 COPY workers ./workers
 COPY shared ./shared
+COPY console ./console
 RUN pip install '.[postgres]' && useradd --system --no-create-home hookline
 USER hookline
 ENV HOOKLINE_CONFIG=/etc/hookline/hookline.toml
