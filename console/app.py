@@ -214,11 +214,19 @@ async def _bearer(request: web.Request) -> None:
 
 async def _check_csrf(request: web.Request, expected: str) -> None:
     """A state-changing page request must come from one of the console's own forms: its
-    session's CSRF token in the ``csrf`` field, and no foreign ``Origin``."""
+    session's CSRF token in the ``csrf`` field and, where the browser says where the request
+    comes from, the console itself. (With ``Referrer-Policy: no-referrer`` browsers send
+    ``Origin: null`` on form posts; ``Sec-Fetch-Site`` still tells.)"""
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    site = request.headers.get("Sec-Fetch-Site")
+    foreign_origin = origin not in (None, "null", f"{request.scheme}://{request.host}")
+    if foreign_origin or site not in (None, "same-origin", "none"):
         log.warning(
-            "console: %s %s from origin %.100s refused", request.method, request.path, origin
+            "console: %s %s from another site (origin %.100s, %s) refused",
+            request.method,
+            request.path,
+            origin,
+            site,
         )
         raise web.HTTPForbidden(text="this request did not come from the console's own pages")
     form = await request.post()

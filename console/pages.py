@@ -106,13 +106,15 @@ def _local_path(target: str | None) -> str:
 
 
 def _login_page(
-    request: web.Request, *, status: int = 200, message: str | None = None
+    request: web.Request, then: str | None, *, status: int = 200, message: str | None = None
 ) -> web.Response:
-    nonce = secrets.token_urlsafe(24)
+    # one nonce per browser while it has a login form open (a second tab, or the browser
+    # fetching something else meanwhile, must not make the first form stale)
+    nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
     response = render(
         request,
         "login.html",
-        {"nonce": nonce, "next": _local_path(request.query.get("next")), "message": message},
+        {"nonce": nonce, "next": _local_path(then), "message": message},
         status=status,
     )
     response.set_cookie(
@@ -130,15 +132,16 @@ def _login_page(
 async def login_form(request: web.Request) -> web.Response:
     if request.app[SESSIONS].get(request.cookies.get(SESSION_COOKIE)) is not None:
         raise web.HTTPSeeOther(_local_path(request.query.get("next")))
-    return _login_page(request)
+    return _login_page(request, request.query.get("next"))
 
 
 async def login(request: web.Request) -> web.Response:
     form = await request.post()
+    then = str(form.get("next") or "/")
     nonce = request.cookies.get(LOGIN_COOKIE)
     if not nonce or not same_secret(form.get("nonce"), nonce):
         return _login_page(
-            request, status=403, message="the login form had expired: enter the token again"
+            request, then, status=403, message="the login form had expired: enter the token again"
         )
     given = form.get("token")
     ok = await request.app[THROTTLE].attempt(
@@ -146,9 +149,9 @@ async def login(request: web.Request) -> web.Response:
     )
     if not ok:
         # the token typed is never shown back
-        return _login_page(request, status=401, message="wrong token")
+        return _login_page(request, then, status=401, message="wrong token")
     session = request.app[SESSIONS].create()
-    response = web.HTTPSeeOther(_local_path(str(form.get("next") or "/")))
+    response = web.HTTPSeeOther(_local_path(then))
     response.set_cookie(
         SESSION_COOKIE,
         session.id,

@@ -474,6 +474,7 @@ async def test_a_form_post_without_the_sessions_csrf_token_is_refused_and_change
         ({**purge, "csrf": "0" * 43}, {}),  # a wrong one
         ({**purge, "csrf": other_csrf}, {}),  # another session's
         ({**purge, "csrf": csrf}, {"Origin": "http://evil.example"}),  # from another site
+        ({**purge, "csrf": csrf}, {"Sec-Fetch-Site": "cross-site"}),
     ):
         # When the purge is posted that way, to the confirmation and to the action itself
         for path in ("/dead-letters/run", "/dead-letters/confirm"):
