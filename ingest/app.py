@@ -23,12 +23,12 @@ from aiohttp.log import access_logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ingest.addresses import allowed, client_address
 from ingest.body import read_body
+from ingest.claims import Claims
 from ingest.metrics import IngestMetrics
 from shared import redisconn
 from shared.config import Settings, SourceSettings
@@ -50,7 +50,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 METRICS = web.AppKey("metrics", IngestMetrics)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
-SCRIPT = web.AppKey("claim_and_enqueue", AsyncScript)
+CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
 #: a request's body size once read, for its rejection record
 BODY_SIZE = web.RequestKey("body_size", int)
@@ -105,8 +105,7 @@ def _redis_ctx(
             retry_on_error=[RedisConnectionError],
         )
         app[REDIS] = client
-        # EVALSHA: the script's text is sent once per connection, not with every event
-        app[SCRIPT] = client.register_script(CLAIM_AND_ENQUEUE)
+        app[CLAIMS] = Claims(client, CLAIM_AND_ENQUEUE, settings.ingest)
         if settings.ingest.ack_fsync:
             await _check_waitaof(client)
         yield
@@ -259,15 +258,15 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     keys_, args = script_call(envelope, app[JOB_SPEC], replicated=replicated)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds):
-            reply, acknowledged = await _claim(app, keys_, args)
+        async with asyncio.timeout(ingest.redis_timeout_seconds):
+            claimed = await app[CLAIMS].claim(keys_, args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
         log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
         return _unavailable(request, envelope.source, "unavailable")
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
-    result = parse_reply(reply)
-    if not acknowledged:
+    result = parse_reply(claimed.reply)
+    if not claimed.acknowledged:
         # claimed and queued on the primary (now, or by an earlier delivery), not yet on enough
         # replicas: not acknowledged. The provider's retry is answered once the claim is on
         # them (a duplicate), or, if this primary died first, is accepted again on the new
@@ -281,26 +280,6 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     metrics.accepted.labels(envelope.source).inc()
     app[TRAFFIC].count(envelope.source, "accepted")
     return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
-
-
-async def _claim(app: web.Application, keys_: list[str], args: list[Any]) -> tuple[Any, bool]:
-    """The claim script's reply, and whether the write is as durable as configured: held by
-    ``ack_replicas`` replicas (WAIT), and fsynced to the append-only file with ``ack_fsync``
-    (WAITAOF), asked on the same connection in the same round trip."""
-    ingest = app[SETTINGS].ingest
-    if not ingest.ack_replicas and not ingest.ack_fsync:
-        return await app[SCRIPT](keys=keys_, args=args), True
-    async with app[REDIS].pipeline(transaction=False) as pipe:
-        await app[SCRIPT](keys=keys_, args=args, client=pipe)
-        if ingest.ack_fsync:
-            pipe.execute_command("WAITAOF", 1, ingest.ack_replicas, ingest.ack_replicas_timeout_ms)
-        else:
-            pipe.execute_command("WAIT", ingest.ack_replicas, ingest.ack_replicas_timeout_ms)
-        reply, acks = await pipe.execute()
-    if ingest.ack_fsync:
-        local, replicas = (int(x) for x in acks)
-        return reply, local >= 1 and replicas >= ingest.ack_replicas
-    return reply, int(acks) >= ingest.ack_replicas
 
 
 def _unavailable(request: web.Request, source: str, reason: str) -> web.Response:
