@@ -13,4 +13,4 @@ RUN pip install '.[postgres]' && useradd --system --no-create-home hookline
 USER hookline
 ENV HOOKLINE_CONFIG=/etc/hookline/hookline.toml
 EXPOSE 8080
-CMD ["hookline", "serve", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["hookline", "serve", "--host", "0.0.0.0", "--port", "8080", "--processes", "auto"]

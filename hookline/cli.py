@@ -177,17 +177,36 @@ def main() -> None:
     metavar="PORT",
     help="Port to listen on.",
 )
+@click.option(
+    "--processes",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Ingress processes on the one port (auto: one per core), under gunicorn's arbiter.",
+)
 @one_line_errors
-def serve(config_path: str | None, host: str, port: int) -> None:
+def serve(config_path: str | None, host: str, port: int, processes: str) -> None:
     """Run the ingress (aiohttp)."""
-    from ingest.app import run
     from shared import redisconn
 
+    try:
+        from ingest.processes import resolve
+
+        count = resolve(processes)
+    except ValueError as err:
+        raise click.BadParameter("auto or a number of 1 or more", param_hint="--processes") from err
     settings = _settings(config_path)
     if redisconn.parse_sentinel(settings.redis_url):
         redisconn.check(settings.redis_url)  # a service no sentinel knows: one line, exit 2
     _logging()
-    run(settings, host, port)
+    if count == 1:
+        from ingest.app import run
+
+        run(settings, host, port)
+    else:
+        from ingest import processes as many
+
+        many.run(settings, host, port, count)
 
 
 @main.command()

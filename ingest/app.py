@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,14 +21,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.log import access_logger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ingest.addresses import allowed, client_address
-from ingest.body import read_body
+from ingest.body import Reading
 from ingest.claims import Claims
 from ingest.metrics import IngestMetrics
 from shared import redisconn
@@ -52,6 +53,8 @@ METRICS = web.AppKey("metrics", IngestMetrics)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
 CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
+#: the requests whose body is being read (a stopping process answers them at once)
+READING = web.AppKey("reading", Reading)
 #: a request's body size once read, for its rejection record
 BODY_SIZE = web.RequestKey("body_size", int)
 
@@ -78,6 +81,8 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     app[METRICS] = IngestMetrics.create()
     app[JOB_SPEC] = JobSpec.from_settings(settings)
     app[TRAFFIC] = Traffic()
+    app[READING] = Reading()
+    app.on_shutdown.append(_stop_reading)
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
     app.cleanup_ctx.append(_traffic_ctx)
     app.router.add_post("/webhooks/{source}", receive)
@@ -113,6 +118,13 @@ def _redis_ctx(
             await client.aclose()
 
     return ctx
+
+
+async def _stop_reading(app: web.Application) -> None:
+    """On SIGTERM aiohttp stops reading from its connections but lets handlers finish: a body
+    still arriving would never come, so its request is answered 503 + Retry-After now rather
+    than 408 after ``read_timeout_seconds``. Requests with their body are answered as usual."""
+    app[READING].stop()
 
 
 async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -174,7 +186,8 @@ def _reject(request: web.Request, err: RequestRejected) -> web.Response:
     _remember_rejection(request, label, err.status, err.code)
     # the reason only: never the headers, which may carry secrets or signatures
     log.info("rejected %s %s: %s", label, err.status, err.code)
-    response = web.json_response({"error": err.code}, status=err.status)
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+    response = web.json_response({"error": err.code}, status=err.status, headers=headers)
     if err.close_connection:
         response.force_close()
     return response
@@ -208,7 +221,7 @@ async def receive(request: web.Request) -> web.Response:
         raise UnknownSource("unknown source")
     app[METRICS].received.labels(source.name).inc()
     _check_address(request, source, settings)  # before reading: nothing read for strangers
-    body = await read_body(request, settings.ingest)
+    body = await app[READING].read(request, settings.ingest)
     request[BODY_SIZE] = len(body)
     now = time.time()
     source.scheme.verify(request.headers, body, now)
@@ -303,14 +316,28 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    payload = generate_latest(request.app[METRICS].registry)
-    resp = web.Response(body=payload)
+    """This process's metrics, or, under ``serve --processes N``, every process's added up."""
+    registry = request.app[METRICS].registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    resp = web.Response(body=generate_latest(registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 
 
+def access_log_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp's server options for the ingress: the access log (never headers) and
+    :data:`SERVER_OPTIONS`."""
+    return {
+        "access_log": access_logger if settings.ingest.access_log else None,
+        "access_log_format": '%a "%r" %s %b %Tf',
+        **SERVER_OPTIONS,
+    }
+
+
 def run(settings: Settings, host: str, port: int, **kwargs: Any) -> None:
-    """``hookline serve``: uvloop when available, access log without headers."""
+    """``hookline serve`` in one process, on uvloop when available."""
     try:
         import uvloop
 
@@ -321,8 +348,6 @@ def run(settings: Settings, host: str, port: int, **kwargs: Any) -> None:
         create_app(settings),
         host=host,
         port=port,
-        access_log=access_logger if settings.ingest.access_log else None,
-        access_log_format='%a "%r" %s %b %Tf',
         loop=loop_factory() if loop_factory else None,
-        **{**SERVER_OPTIONS, **kwargs},
+        **{**access_log_options(settings), **kwargs},
     )

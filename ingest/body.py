@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from shared.config import IngestSettings
 from shared.errors import BodyTooLarge, RequestRejected
@@ -24,6 +24,16 @@ class BodyTimeout(RequestRejected):
     close_connection = True
 
 
+class ShuttingDown(RequestRejected):
+    """The process is stopping while the body is still arriving (aiohttp reads nothing more
+    once it stops): answered at once, nothing acknowledged, the provider retries."""
+
+    status = 503
+    code = "unavailable"
+    close_connection = True
+    retry_after = 5
+
+
 class BadLength(RequestRejected):
     """``Content-Length`` is not a number."""
 
@@ -32,6 +42,25 @@ class BadLength(RequestRejected):
 
 
 _CHUNK = 64 * 1024
+
+
+class Reading:
+    """The bodies being read right now, so a stopping process can answer them at once."""
+
+    def __init__(self) -> None:
+        self._streams: set[StreamReader] = set()
+
+    async def read(self, request: web.Request, limits: IngestSettings) -> bytes:
+        self._streams.add(request.content)
+        try:
+            return await read_body(request, limits)
+        finally:
+            self._streams.discard(request.content)
+
+    def stop(self) -> None:
+        """Every body still being read fails with :class:`ShuttingDown`."""
+        for stream in list(self._streams):
+            stream.set_exception(ShuttingDown("stopping"))
 
 
 async def read_body(request: web.Request, limits: IngestSettings) -> bytes:

@@ -25,6 +25,8 @@ class RequestRejected(HooklineError):
     code: ClassVar[str] = "bad_request"
     #: the rest of the request was not read, so the connection cannot be reused
     close_connection: ClassVar[bool] = False
+    #: seconds to tell the client to wait before trying again (``Retry-After``), if any
+    retry_after: ClassVar[int | None] = None
 
 
 class SignatureError(RequestRejected):
