@@ -177,7 +177,12 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 @dataclass
 class Proc:
-    """A child in its own process group; ``peak_rss_mb`` is kept once it has exited."""
+    """A child in its own process group; ``peak_rss_mb`` is kept once it has exited.
+
+    The peak RSS is the child's VmHWM, read from ``/proc`` while it runs (every 20 ms while
+    :meth:`wait` waits, and before it is stopped). Not ``wait4``'s ``ru_maxrss``: Linux keeps
+    the high-water mark across fork and exec, so a child reports at least the RSS its parent
+    (this benchmark, ~90 MB) had when it was spawned, even ``/bin/true``."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -202,7 +207,7 @@ class Proc:
         return self.peak_rss_mb
 
     def reap(self, block: bool) -> bool:
-        """Wait for the child with ``wait4``: its rusage gives the exact peak RSS even after it
+        """Wait for the child with ``wait4``: its rusage gives its CPU time even after it
         exited on its own (``/proc`` is gone by then)."""
         if not self.alive():
             return True
@@ -215,13 +220,13 @@ class Proc:
             return False
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         self.ended = time.monotonic()
-        self.peak_rss_mb = max(self.peak_rss_mb or 0.0, usage.ru_maxrss * 1024 / 1e6)
         self.cpu_s = usage.ru_utime + usage.ru_stime
         return True
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.sample_rss()
             if self.reap(block=False):
                 return True
             time.sleep(0.02)
