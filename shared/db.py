@@ -133,13 +133,14 @@ def from_timestamp(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, lock_timeout_ms: int | None = None, **kwargs: Any) -> Engine:
     """An engine with the settings each backend needs.
 
     SQLite: a busy timeout so concurrent workers wait for the write lock instead of failing,
     and WAL so readers (``hookline dlq list``) never block the workers.
     PostgreSQL: a small pool (each worker runs one job at a time) with pre-ping, so a restarted
-    server costs one retried job rather than a dead worker.
+    server costs one retried job rather than a dead worker; ``lock_timeout_ms`` bounds how long
+    a statement waits for a row another transaction holds (see ``workers.runtime``).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -159,6 +160,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 2)
     kwargs.setdefault("max_overflow", 2)
     kwargs.setdefault("pool_pre_ping", True)
+    if lock_timeout_ms is not None:
+        kwargs.setdefault("connect_args", {})["options"] = f"-c lock_timeout={lock_timeout_ms}"
     return create_engine(parsed, **kwargs)
 
 

@@ -28,9 +28,10 @@ _MAX_RAW_ID = 128
 
 #: ``<PREFIX>janitor:{queue}``: held for one sweep of the queue's registries by one worker.
 #: RQ's own maintenance lock lives 899 s, so a worker killed while holding it would stop every
-#: other worker's recovery of abandoned jobs for 15 minutes; this one lives a few seconds.
+#: other worker's recovery of abandoned jobs for 15 minutes; this one lives 10 s at most (a
+#: sweep takes milliseconds), so a worker killed mid-sweep delays the next by that much.
 JANITOR_LOCK = PREFIX + "janitor:"
-JANITOR_LOCK_SECONDS = 30
+JANITOR_LOCK_SECONDS = 10
 #: ``<PREFIX>archive:prune``: held by the one worker pruning the event log's old bodies
 ARCHIVE_LOCK = PREFIX + "archive:prune"
 

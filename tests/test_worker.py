@@ -513,3 +513,65 @@ def test_a_dead_letter_that_cannot_be_written_keeps_the_event_for_later(
     # Then it is dead-lettered with both attempts' errors
     [dl] = rows(engine, dead_letters)
     assert dl["event_id"] == "e" and len(dl["errors"]) == 2
+
+
+def test_an_event_locked_by_a_frozen_transaction_does_not_hold_up_the_others(
+    redis_client: redis.Redis, settings: Settings, engine: Engine, postgres_url: str
+) -> None:
+    # Given a transaction that holds one event's row and does not end (a frozen worker), and
+    # that event queued among three others
+    if settings.database_url != postgres_url:
+        pytest.skip("row locks with waiting: PostgreSQL")
+    frozen = engine.connect()
+    tx = frozen.begin()
+    frozen.execute(
+        webhook_events.insert().values(
+            source="moncash",
+            event_id="evt_000000000001",
+            status="processed",
+            attempts=1,
+            received_at=dt_now(),
+            processed_at=dt_now(),
+        )
+    )
+    for n in range(4):
+        deliver(redis_client, settings, "moncash", n=n)
+    started = time.monotonic()
+    seen: dict[str, float] = {}
+
+    def watch_then_release() -> None:
+        # the frozen transaction thaws after 20 s; meanwhile note when the others are in
+        while time.monotonic() - started < 20:
+            if "three" not in seen and len(rows(engine, webhook_events)) >= 3:
+                seen["three"] = time.monotonic() - started
+            time.sleep(0.2)
+        tx.rollback()
+        frozen.close()
+
+    watcher = threading.Thread(target=watch_then_release)
+    watcher.start()
+    # When a worker drains the queue (the locked event is retried until it is released)
+    try:
+        run_worker(redis_client, settings)
+    finally:
+        watcher.join()
+    # Then the other three were applied while it was still held (within the lock timeout of
+    # the batch, then of their own transactions), not when it was released
+    assert seen.get("three", 99) < 20, "the others waited for the frozen one"
+    print(f"\nthree events applied {seen['three']:.1f} s into a transaction frozen on a fourth")
+    # And the locked one, its attempts spent on the lock (backoff 0 here), is dead-lettered
+    # saying so, not applied and not lost; its replay applies it once
+    [dead] = [e for e in rows(engine, webhook_events) if e["status"] == "dead"]
+    assert dead["event_id"] == "evt_000000000001"
+    [dl] = rows(engine, dead_letters)
+    assert "lock timeout" in dl["reason"]
+    list(deadletters.replay(engine, redis_client, JobSpec.from_settings(settings), [dl["id"]]))
+    run_worker(redis_client, settings)
+    assert [e["status"] for e in rows(engine, webhook_events)] == ["processed"] * 4
+    assert len(rows(engine, payments)) == 4
+
+
+def dt_now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)

@@ -39,8 +39,8 @@ log = logging.getLogger("hookline.worker")
 
 #: the job meta key holding every failed attempt's error until the event ends
 ERRORS_META = "hookline_errors"
-#: when an event's end cannot be recorded (the database is away) and the job has no backoff of
-#: its own, it is tried again this much later
+#: when an event's end cannot be recorded (the database is away), it is tried once more this
+#: much later
 UNRECORDED_RETRY_SECONDS = 60
 #: the source recorded for a job whose data is not an event (no configured source can be named
 #: so: a source name starts with a letter or a digit)
@@ -139,9 +139,9 @@ def attempt_failed(job: Job | None, failure: Failure) -> bool:
                 describe(err),
             )
             _remember(job, error)
-            job.retries_left = max(int(job.retries_left or 0), 1)
-            if not job.retry_intervals:  # a job of one attempt: not again at once, in a loop
-                job.retry_intervals = [UNRECORDED_RETRY_SECONDS]
+            job.retries_left = 1
+            # one more attempt, not at once (and never in a loop while the database is away)
+            job.retry_intervals = [UNRECORDED_RETRY_SECONDS]
             return False
         if job is not None:
             job.retries_left = 0

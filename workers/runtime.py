@@ -21,6 +21,12 @@ from workers import builtin
 from workers.handlers import REGISTRY, Registry
 from workers.metrics import WorkerMetrics
 
+#: how long a worker's statement waits for a row another transaction holds. Two workers on one
+#: event wait for each other for milliseconds; a transaction held open longer is a frozen worker
+#: (SIGSTOP, a paused VM): its successor gives up, the event is retried after its backoff, and
+#: the other events of the batch are applied meanwhile, instead of all waiting for the thaw.
+LOCK_TIMEOUT_MS = 5000
+
 
 @dataclass
 class Runtime:
@@ -49,7 +55,7 @@ def configure(settings: Settings, engine: Engine | None = None) -> Runtime:
             engine = _current.engine
         _current = Runtime(
             settings=settings,
-            engine=engine or make_engine(settings.database_url),
+            engine=engine or make_engine(settings.database_url, lock_timeout_ms=LOCK_TIMEOUT_MS),
             registry=REGISTRY,
             metrics=_current.metrics if _current else WorkerMetrics.create(),
         )

@@ -26,6 +26,7 @@ and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and wha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -35,6 +36,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.command import parse_payload
@@ -55,7 +57,7 @@ log = logging.getLogger("hookline.worker")
 
 #: how long a running job's registry entry lives without a heartbeat: the longest a worker
 #: can be unreachable (or frozen) before its jobs are taken for abandoned
-EXECUTION_TTL_SECONDS = 15
+EXECUTION_TTL_SECONDS = 12
 #: how often a worker renews its running jobs' entries and its own key
 HEARTBEAT_SECONDS = 5
 #: how often a worker's janitor looks for abandoned jobs, stuck ones and overdue retries
@@ -179,8 +181,9 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
     their queue; ``full`` adds RQ's cleaning of its other registries."""
     connection = worker.connection
     for queue in queues:
-        lock = keys.janitor_lock(queue.name)
-        if not connection.set(lock, worker.name, nx=True, ex=keys.JANITOR_LOCK_SECONDS):
+        # redis-py's lock: its own token, so a worker that thaws late never frees another's
+        lock = connection.lock(keys.janitor_lock(queue.name), timeout=keys.JANITOR_LOCK_SECONDS)
+        if not lock.acquire(blocking=False):
             continue
         try:
             # off the main thread RQ's SIGALRM death penalty cannot guard the failure
@@ -201,7 +204,8 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
             if full:
                 clean_registries(queue)
         finally:
-            connection.delete(lock)
+            with contextlib.suppress(LockError):
+                lock.release()
         # RQ's scheduler (a child process of one worker) moves due retries every second; if
         # it died with its worker, its lock keeps others from taking over for a while
         rqcompat.move_due_retries(queue, overdue_seconds=SCHEDULER_GRACE_SECONDS)
@@ -210,7 +214,8 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
 def prune_archive(connection: Redis) -> None:
     """The event log's bodies past ``[archive] retention_days``, a bounded number of chunks
     per maintenance round, by one worker at a time."""
-    if not connection.set(keys.ARCHIVE_LOCK, 1, nx=True, ex=keys.JANITOR_LOCK_SECONDS):
+    lock = connection.lock(keys.ARCHIVE_LOCK, timeout=keys.JANITOR_LOCK_SECONDS * 6)
+    if not lock.acquire(blocking=False):
         return
     try:
         rt = runtime.current()
@@ -222,7 +227,8 @@ def prune_archive(connection: Redis) -> None:
     except Exception as err:  # the database away: next round
         log.warning("could not prune event bodies: %s", type(err).__name__)
     finally:
-        connection.delete(keys.ARCHIVE_LOCK)
+        with contextlib.suppress(LockError):
+            lock.release()
 
 
 def connect(settings: Settings) -> Redis:
