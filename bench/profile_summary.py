@@ -46,7 +46,7 @@ _COMPONENTS = (
 Buckets = tuple[tuple[str, tuple[str, ...]], ...]
 
 INGRESS_BUCKETS: Buckets = (
-    ("RQ job hash build (script_call)", ("script_call (shared/enqueue.py",)),
+    ("RQ job hash build (ClaimScript.call)", ("call (shared/enqueue.py",)),
     ("Redis claim-and-enqueue call, client side", ("Redis.execute_command (", "Script.__call__")),
     ("signature verify (HMAC-SHA256)", (".verify (shared/signatures/",)),
     ("event id lookup (json.loads)", ("_event_id (ingest/app.py",)),

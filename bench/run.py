@@ -289,13 +289,13 @@ def phase_ingress(
 
 def fill_backlog(r: Any, counter: list[int], n: int) -> float:
     """Queue ``n`` new events with the ingress's own claim-and-enqueue script: no HTTP."""
-    from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+    from shared.enqueue import JobSpec, claim_script, parse_reply
     from shared.envelope import Envelope, redact_headers
 
     s = settings()
-    spec = JobSpec.from_settings(s)
+    script = claim_script(JobSpec.from_settings(s))
     sensitive = s.sources[SOURCE].scheme.sensitive()
-    sha = r.script_load(CLAIM_AND_ENQUEUE)
+    sha = r.script_load(script.text)
     events = new_events(counter, n)
     started = time.perf_counter()
     pipe = r.pipeline(transaction=False)
@@ -316,7 +316,7 @@ def fill_backlog(r: Any, counter: list[int], n: int) -> float:
             body=e.body,
             remote="127.0.0.1",
         )
-        keys_, argv = script_call(envelope, spec)
+        keys_, argv = script.call(envelope)
         pipe.evalsha(sha, len(keys_), *keys_, *argv)
         if i % 500 == 0 or i == n:
             accepted += sum(parse_reply(x).accepted for x in pipe.execute())

@@ -33,7 +33,7 @@ from ingest.claims import Claims
 from ingest.metrics import IngestMetrics
 from shared import redisconn
 from shared.config import Settings, SourceSettings
-from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
 from shared.errors import (
     ConfigError,
@@ -110,7 +110,7 @@ def _redis_ctx(
             retry_on_error=[RedisConnectionError],
         )
         app[REDIS] = client
-        app[CLAIMS] = Claims(client, CLAIM_AND_ENQUEUE, settings.ingest)
+        app[CLAIMS] = Claims(client, claim_script(app[JOB_SPEC]).text, settings.ingest)
         if settings.ingest.ack_fsync:
             await _check_waitaof(client)
         yield
@@ -268,7 +268,7 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     metrics = app[METRICS]
     ingest = app[SETTINGS].ingest
     replicated = bool(ingest.ack_replicas or ingest.ack_fsync)
-    keys_, args = script_call(envelope, app[JOB_SPEC], replicated=replicated)
+    keys_, args = claim_script(app[JOB_SPEC]).call(envelope, replicated=replicated)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(ingest.redis_timeout_seconds):

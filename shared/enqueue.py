@@ -9,12 +9,14 @@ Redis does not roll a script back when a command in it fails, so every write goe
 ``redis.pcall`` and a failure undoes what the script wrote before it. The claim is written last.
 The job is an ordinary RQ job: its hash is the one RQ's own ``Queue.enqueue_job`` writes (see
 :func:`shared.rqcompat.queued_job_fields`), so ``rq info``, the workers and RQ's registries
-understand it.
+understand it. The fields every job of a configuration shares are written into the script
+(:func:`claim_script`), so each request sends only what differs.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 import uuid
@@ -33,11 +35,15 @@ from shared.config import Settings
 from shared.envelope import Envelope
 from shared.rqcompat import PER_EVENT_FIELDS, JobSerializer, queued_job_fields
 
-CLAIM_AND_ENQUEUE = """
+_SCRIPT = """
 -- KEYS[1] the claim (hookline's), KEYS[2] the job hash, KEYS[3] the queue list, KEYS[4] the set
 --         of queues (RQ's keys, named by RQ's classes: shared.keys); KEYS[5], only when the
---         answer waits for replicas: the barrier a duplicate writes (see ack_barrier_key)
--- ARGV[1] the job id, ARGV[2] the claim's TTL, ARGV[3...] the job hash's field/value pairs
+--         answer waits for replicas: the barrier a duplicate writes (shared.keys.ACK_BARRIER)
+-- ARGV[1] the job id, ARGV[2] when it was created and queued, ARGV[3] its data, ARGV[4] its
+--         description, ARGV[5] its retry intervals (none with a single attempt)
+-- The job hash's fields that every event of this configuration shares are written into the
+-- script itself (CONSTANT below, built from a job RQ built: shared.rqcompat), so a request
+-- sends five arguments instead of forty.
 local claimed = redis.call("GET", KEYS[1])
 if claimed then
     if KEYS[5] then redis.call("INCR", KEYS[5]) end
@@ -48,16 +54,35 @@ local function undo(err, step)
     if step >= 1 then redis.call("DEL", KEYS[2]) end
     return redis.error_reply(err)
 end
-local r = redis.pcall("HSET", KEYS[2], unpack(ARGV, 3))
+local fields = {@CONSTANT@,
+    "created_at", ARGV[2], "enqueued_at", ARGV[2], "data", ARGV[3], "description", ARGV[4]}
+if ARGV[5] then
+    table.insert(fields, "retry_intervals")
+    table.insert(fields, ARGV[5])
+end
+local r = redis.pcall("HSET", KEYS[2], unpack(fields))
 if type(r) == "table" and r.err then return undo(r.err, 1) end
 r = redis.pcall("SADD", KEYS[4], KEYS[3])
 if type(r) == "table" and r.err then return undo(r.err, 2) end
 r = redis.pcall("RPUSH", KEYS[3], ARGV[1])
 if type(r) == "table" and r.err then return undo(r.err, 2) end
-r = redis.pcall("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
+r = redis.pcall("SET", KEYS[1], ARGV[1], "EX", @CLAIM_TTL@)
 if type(r) == "table" and r.err then return undo(r.err, 3) end
 return {1, ARGV[1]}
 """
+
+
+def _lua_string(value: Any) -> str:
+    """A Lua string literal of ``value`` as Redis stores it (bytes, else its text): printable
+    ASCII as is, the rest as decimal escapes, so nothing in a configured name can end the
+    literal or change the script."""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return (
+        '"'
+        + "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:03d}" for b in data)
+        + '"'
+    )
+
 
 # RQ's Job needs a connection object to exist; building the hash never talks to Redis.
 _NO_CONNECTION = Redis(host="127.0.0.1", port=1)
@@ -146,36 +171,56 @@ def job_data(envelope: Envelope) -> bytes:
     return zlib.compress(JobSerializer.dumps((keys.JOB_FUNC, None, (envelope.to_dict(),), {})))
 
 
-def job_fields(envelope: Envelope, spec: JobSpec) -> list[Any]:
-    """The job hash RQ's own ``enqueue_job`` would write, as a flat field/value list.
+@dataclass(frozen=True)
+class ClaimScript:
+    """The claim-and-enqueue script of one configuration (its constant job fields in it), and
+    how to call it for an event."""
 
-    Built from a template rather than an ``rq.Job`` per event: creating the Job was a fifth of
-    the ingress's CPU per request. ``tests/test_rqcompat.py`` holds it equal to RQ's own."""
-    stamp = utcformat(now())
-    out = [*_constant_fields(spec), "created_at", stamp, "enqueued_at", stamp]
-    out += ["data", job_data(envelope), "description", _description(envelope)]
-    if spec.max_attempts > 1:
-        intervals = retry_intervals(spec.max_attempts, spec.backoff_seconds)
-        out += ["retry_intervals", json.dumps(intervals)]
-    return out
+    spec: JobSpec
+    text: str
+    sha: str
+
+    def call(
+        self, envelope: Envelope, *, replicated: bool = False, job_id: str | None = None
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for one event; ``replicated`` when the answer waits for replicas (a
+        duplicate then writes the barrier, so waiting for it waits for the claim)."""
+        job_id = job_id or uuid.uuid4().hex
+        keys_ = [
+            keys.claim_key(envelope.source, envelope.event_id),
+            keys.job_key(job_id),
+            keys.queue_key(self.spec.queue),
+            keys.QUEUES_SET,
+        ]
+        if replicated:
+            keys_.append(keys.ACK_BARRIER)
+        args: list[Any] = [job_id, utcformat(now()), job_data(envelope), _description(envelope)]
+        if self.spec.max_attempts > 1:
+            intervals = retry_intervals(self.spec.max_attempts, self.spec.backoff_seconds)
+            args.append(json.dumps(intervals))
+        return keys_, args
 
 
-def script_call(
-    envelope: Envelope, spec: JobSpec, *, replicated: bool = False
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for :data:`CLAIM_AND_ENQUEUE`; ``replicated`` when the answer waits for
-    replicas (a duplicate then writes the barrier, so waiting for it waits for the claim)."""
-    job_id = uuid.uuid4().hex
-    keys_ = [
-        keys.claim_key(envelope.source, envelope.event_id),
-        keys.job_key(job_id),
-        keys.queue_key(spec.queue),
-        keys.QUEUES_SET,
-    ]
-    if replicated:
-        keys_.append(keys.ACK_BARRIER)
-    args: list[Any] = [job_id, spec.claim_ttl_seconds, *job_fields(envelope, spec)]
-    return keys_, args
+@functools.lru_cache(maxsize=16)
+def claim_script(spec: JobSpec) -> ClaimScript:
+    """The script for ``spec``: RQ's job hash for it, but for what differs per event (built
+    once from a job RQ built itself; ``tests/test_rqcompat.py`` holds what it writes equal to
+    what RQ's own ``enqueue_job`` writes)."""
+    constant = ", ".join(_lua_string(v) for v in _constant_fields(spec))
+    text = _SCRIPT.replace("@CONSTANT@", constant).replace(
+        "@CLAIM_TTL@", str(int(spec.claim_ttl_seconds))
+    )
+    return ClaimScript(spec, text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
+
+
+def claim(
+    client: Redis, envelope: Envelope, spec: JobSpec, *, job_id: str | None = None
+) -> EnqueueResult:
+    """Claim and enqueue one event with a synchronous client: what the ingress does, for the
+    tools and the tests."""
+    script = claim_script(spec)
+    keys_, args = script.call(envelope, job_id=job_id)
+    return parse_reply(client.eval(script.text, len(keys_), *keys_, *args))
 
 
 @dataclass(frozen=True)

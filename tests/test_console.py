@@ -30,7 +30,7 @@ from console.auth import SESSION_COOKIE, Throttle
 from hookline.ops import Operations
 from shared.config import Settings, load_settings
 from shared.db import dead_letters, make_engine, webhook_events
-from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+from shared.enqueue import JobSpec, claim
 from shared.envelope import Envelope, redact_headers
 from shared.eventlog import Filter
 from shared.locators import locate
@@ -146,8 +146,7 @@ def deliver_with_headers(
         headers=redact_headers(headers.items(), src.scheme.sensitive()),
         body=payload,
     )
-    k, a = script_call(envelope, JobSpec.from_settings(settings))
-    parse_reply(client.eval(CLAIM_AND_ENQUEUE, len(k), *k, *a))
+    claim(client, envelope, JobSpec.from_settings(settings))
     return event_id
 
 

@@ -22,7 +22,7 @@ from rq.job import Job
 
 from shared import keys
 from shared.config import Settings
-from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, build_job, job_fields
+from shared.enqueue import JobSpec, build_job, claim
 from shared.envelope import Envelope, InvalidEnvelope
 from shared.rqcompat import JobSerializer
 from tests.helpers import make_settings
@@ -114,15 +114,11 @@ def test_the_claim_script_writes_the_job_rq_enqueue_writes(
     rqs = snapshot(redis_client)
     # When the ingress's claim-and-enqueue script queues the same event with the same id
     flush_except_lock(redis_url)
-    claim = keys.claim_key(ENVELOPE.source, ENVELOPE.event_id)
-    args = [JOB_ID, spec.claim_ttl_seconds, *job_fields(ENVELOPE, spec)]
-    redis_client.eval(
-        CLAIM_AND_ENQUEUE, 4, claim, keys.job_key(JOB_ID), queue.key, keys.QUEUES_SET, *args
-    )
+    assert claim(redis_client, ENVELOPE, spec, job_id=JOB_ID).accepted
     ours = snapshot(redis_client, skip=(keys.CLAIM.encode(),))
     # Then every key RQ wrote is there, the same (the claim is hookline's own)
     assert diff(ours, rqs) == []
-    assert redis_client.get(claim) == JOB_ID.encode()
+    assert redis_client.get(keys.claim_key(ENVELOPE.source, ENVELOPE.event_id)) == JOB_ID.encode()
 
 
 # -- the workers ------------------------------------------------------------------------------
@@ -256,3 +252,15 @@ def test_jobs_queued_before_the_upgrade_are_read() -> None:
 def test_envelopes_that_are_not_what_hookline_wrote_are_refused(data: Any, reason: str) -> None:
     with pytest.raises(InvalidEnvelope, match=reason):
         Envelope.from_dict(data)
+
+
+def test_a_queue_name_cannot_change_the_claim_script(redis_client: redis.Redis) -> None:
+    # a name that would end a Lua string and run code, if it were pasted in as is
+    name = 'q" .. redis.call("FLUSHDB") .. "\\\n\x00é'
+    spec = JobSpec(name, 60, 100, 2, (5,))
+    redis_client.set("canary", 1)
+    assert claim(redis_client, ENVELOPE, spec, job_id=JOB_ID).accepted
+    assert redis_client.get("canary") == b"1"
+    job = Job.fetch(JOB_ID, connection=redis_client, serializer=JobSerializer)
+    assert job.origin == name
+    assert redis_client.llen(keys.queue_key(name)) == 1

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 
 from shared.config import Settings
 from shared.db import dead_letters, payments, webhook_events
-from shared.enqueue import CLAIM_AND_ENQUEUE, JobSpec, parse_reply, script_call
+from shared.enqueue import JobSpec, claim
 from shared.envelope import Envelope, redact_headers
 from shared.locators import locate
 from shared.rqcompat import JobSerializer
@@ -86,8 +86,7 @@ def deliver(
         headers=redact_headers(headers.items(), src.scheme.sensitive()),
         body=body,
     )
-    k, a = script_call(env, JobSpec.from_settings(settings))
-    parse_reply(client.eval(CLAIM_AND_ENQUEUE, len(k), *k, *a))
+    claim(client, env, JobSpec.from_settings(settings))
     return event_id
 
 
