@@ -219,7 +219,7 @@ async def receive(request: web.Request) -> web.Response:
     source = settings.sources.get(request.match_info["source"])
     if source is None:
         raise UnknownSource("unknown source")
-    app[METRICS].received.labels(source.name).inc()
+    app[METRICS].source(source.name).received.inc()
     _check_address(request, source, settings)  # before reading: nothing read for strangers
     body = await app[READING].read(request, settings.ingest)
     request[BODY_SIZE] = len(body)
@@ -287,10 +287,10 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         log.warning("event of %s not replicated in time: 503", envelope.source)
         return _unavailable(request, envelope.source, "not_replicated")
     if not result.accepted:
-        metrics.duplicates.labels(envelope.source).inc()
+        metrics.source(envelope.source).duplicates.inc()
         app[TRAFFIC].count(envelope.source, "duplicate")
         return web.json_response({"status": "duplicate", "event_id": envelope.event_id}, status=200)
-    metrics.accepted.labels(envelope.source).inc()
+    metrics.source(envelope.source).accepted.inc()
     app[TRAFFIC].count(envelope.source, "accepted")
     return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
 

@@ -8,6 +8,15 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
+@dataclass(frozen=True)
+class SourceMetrics:
+    """One source's counters (label children of :class:`IngestMetrics`'s)."""
+
+    received: Counter
+    accepted: Counter
+    duplicates: Counter
+
+
 @dataclass
 class IngestMetrics:
     registry: CollectorRegistry
@@ -16,6 +25,20 @@ class IngestMetrics:
     duplicates: Counter
     rejected: Counter
     enqueue_seconds: Histogram
+
+    def __post_init__(self) -> None:
+        self._sources: dict[str, SourceMetrics] = {}
+
+    def source(self, name: str) -> SourceMetrics:
+        """The counters of one source, their label children looked up once."""
+        found = self._sources.get(name)
+        if found is None:
+            found = self._sources[name] = SourceMetrics(
+                received=self.received.labels(name),
+                accepted=self.accepted.labels(name),
+                duplicates=self.duplicates.labels(name),
+            )
+        return found
 
     @classmethod
     def create(cls) -> IngestMetrics:
