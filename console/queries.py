@@ -182,7 +182,9 @@ async def matching_dead_letters(
     out those whose replay is already queued (as ``hookline dlq replay --all`` does), and
     ``upto`` (the newest id shown when the operator confirmed) leaves out what died since."""
     flt = replace(flt, status=None)
-    ids = await asyncio.to_thread(ops.dead_letter_ids, flt, waiting_replay=action == "purge")
+    # waiting_replay=False leaves out the dead letters queued again since they died
+    every_one = action == "purge"
+    ids = await asyncio.to_thread(ops.dead_letter_ids, flt, waiting_replay=every_one)
     return ids if upto is None else [i for i in ids if i <= upto]
 
 
