@@ -26,6 +26,9 @@ after its backoff; and replaying the dead letters (two ``hookline dlq replay --a
 after the cause is fixed applies each once. Every key in the run's Redis must be under RQ's
 ``RQ_KEY_PREFIX`` or hookline's own prefix (the run and every process it starts read the
 variable from the environment).
+
+The Redis failover scenario (a primary, a replica and three Sentinels; ``kill -9`` of the
+primary) is :mod:`chaos.failover`: ``python chaos/run.py --scenario failover``.
 """
 
 from __future__ import annotations
@@ -814,6 +817,13 @@ secrets = ["{keys["moncash"]}"]
             self.schedule(p.pg_restart_at, "restart postgres", self.restart_postgres)
         for at in p.kill_times(self.rng, self.pg is not None):
             self.schedule(at, "kill -9 worker", self.kill_worker_action())
+        self.run_actions()
+
+    def run_actions(self) -> None:
+        """Run the scheduled actions (faults and what undoes them) while the sender sends,
+        and the supervisor's rounds; returns once the sender has finished and nothing
+        restorative is left to run."""
+        assert self.sender is not None
         sender = self.sender
         while True:
             now = time.time()
@@ -1137,6 +1147,14 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python chaos/run.py", description="hookline's fault-injection run"
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["faults", "failover"],
+        default="faults",
+        help="faults (default): this run; failover: kill -9 of a Redis primary behind Sentinel,"
+        " with ack_replicas 1 and 0 (chaos/failover.py; --scenario failover --help lists its"
+        " options)",
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="sending time (default 10)")
     parser.add_argument(

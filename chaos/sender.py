@@ -7,8 +7,9 @@ reference arriving out of order, events whose handler fails once, poison events,
 events (which give the fault injector a worker holding an open transaction).
 
 Like a provider it retries an answer >= 500, a timeout or a broken connection after 5 s and
-then 30 s, and gives up after that (the event is then "not acknowledged"). Every HTTP attempt
-is recorded with its latency; every event answered 202 or 200 is acknowledged.
+then 30 s (``retry_delays``), and gives up after that (the event is then "not acknowledged").
+Every HTTP attempt is recorded with its latency; every event answered 202 or 200 is
+acknowledged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +102,11 @@ class Sender:
         duration: float,
         mix: Mix,
         seed: int,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: when each try goes out, after the one before it (the first 0.0)
+        self.retry_delays = tuple(retry_delays)
         self.schemes = schemes
         self.rate = rate
         self.duration = duration
@@ -262,7 +266,7 @@ class Sender:
         if delay:
             await asyncio.sleep(delay)
         url = f"{self.base_url}/webhooks/{spec.source}"
-        for try_no, wait in enumerate(RETRY_DELAYS, start=1):
+        for try_no, wait in enumerate(self.retry_delays, start=1):
             if wait:
                 await asyncio.sleep(wait)
             if self._abort.is_set():
