@@ -74,12 +74,17 @@ def log_in(driver: Any, token: str) -> None:
 
 
 def click(element: Any) -> None:
-    """Click what leads to another page, and wait until the browser has left this one."""
+    """Click what leads to another page, and wait until the browser has left this one (while
+    the old page is being replaced, Chromium may answer with an error rather than "stale":
+    asked again)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     element.click()
-    WebDriverWait(element.parent, 15).until(expected_conditions.staleness_of(element))
+    WebDriverWait(element.parent, 15, ignored_exceptions=(WebDriverException,)).until(
+        expected_conditions.staleness_of(element)
+    )
 
 
 def text_of(driver: Any, element_id: str) -> str:

@@ -39,11 +39,23 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (as dev checks it: a port that is the
+    local end of some connection is not free either)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_pair() -> int:
     """An ingress port whose console port (the next one) is free too."""
     for _ in range(50):
         port = free_port()
-        if port < 65535 and not listening(port + 1):
+        if port < 65535 and bindable(port + 1):
             return port
     raise AssertionError("no two free ports in a row")
 
