@@ -2,10 +2,11 @@
 
 Served exactly as ``hookline serve`` serves the ingress (``ingest.app.run``): ``web.run_app``
 on a uvloop loop, one process, the same ``lingering_time``, and the access log ON with the same
-format through ``logging.basicConfig(level=INFO)`` like hookline's CLI, so the only difference
-is the work done per request.
+format through ``logging.basicConfig(level=INFO)`` like hookline's CLI (OFF with
+``--no-access-log``, as ``[ingest] access_log = false`` does for hookline), so the only
+difference is the work done per request.
 
-    python bench/bare_app.py --port 8081
+    python bench/bare_app.py --port 8081 [--no-access-log]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 
 import uvloop
 from aiohttp import web
+from aiohttp.log import access_logger
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -37,6 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="as hookline's [ingest] access_log = false"
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -45,6 +50,7 @@ def main() -> None:
         create_app(),
         host=args.host,
         port=args.port,
+        access_log=None if args.no_access_log else access_logger,
         access_log_format='%a "%r" %s %b %Tf',
         loop=uvloop.new_event_loop(),
         lingering_time=0.5,

@@ -23,20 +23,21 @@ BENCH = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from hookline.dev import redis_server_binary  # noqa: E402
 from tests.processes import (  # noqa: E402
     env_for,
     http_ok,
+    processes_in_groups,
     start_in_group,
     stop_groups,
-    wait_until,
 )
 
 # for run.py and loadgen.py, which find tests/ through this module
 from tests.processes import free_port as free_port  # noqa: E402
 from tests.processes import hookline as hookline  # noqa: E402
 from tests.processes import percentile as percentile  # noqa: E402
+from tests.processes import wait_until as wait_until  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 PG_DB = "hookline_bench"
 PG_DSN = f"host=127.0.0.1 port=5432 user=postgres dbname={PG_DB}"
@@ -47,24 +48,38 @@ SECRET = "whsec_bench_moncash_secret_0123456789"
 BODY_BYTES = 1024
 WEBHOOK_PATH = f"/webhooks/{SOURCE}"
 
-CONFIG_TOML = f"""# written by bench/run.py
-redis_url = "{REDIS_URL}"
+
+def config_toml(
+    redis_url: str, ingest: dict[str, Any] | None = None, archive: dict[str, Any] | None = None
+) -> str:
+    """The benchmark's configuration: one ``moncash`` source, the bench's Redis and database,
+    and the given ``[ingest]`` / ``[archive]`` keys (the defaults otherwise)."""
+
+    def table(name: str, values: dict[str, Any] | None) -> str:
+        if not values:
+            return ""
+        lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        return f"\n[{name}]\n" + "\n".join(lines) + "\n"
+
+    return f"""# written by bench/run.py
+redis_url = "{redis_url}"
 database_url = "{DATABASE_URL}"
 queue = "{QUEUE}"
-
+{table("ingest", ingest)}{table("archive", archive)}
 [sources.{SOURCE}]
 scheme = "moncash"
 secrets = ["{SECRET}"]
 """
 
 
-def settings() -> Any:
-    """The same configuration as CONFIG_TOML, parsed by the project's own code."""
+def settings(redis_url: str = "redis://127.0.0.1:6379/0") -> Any:
+    """The benchmark's configuration, parsed by the project's own code (the source's scheme
+    and the job spec do not depend on ``redis_url``)."""
     import tomllib
 
     from shared.config import settings_from_mapping
 
-    return settings_from_mapping(tomllib.loads(CONFIG_TOML), environ={})
+    return settings_from_mapping(tomllib.loads(config_toml(redis_url)), environ={})
 
 
 # -- payload ---------------------------------------------------------------------------------
@@ -161,6 +176,38 @@ def write_wrk_file(path: Path, events: Sequence[Signed]) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------------
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """user + system CPU time of every live process in the process group ``pgid`` (the
+    ingress under gunicorn: the arbiter and its workers)."""
+    ticks = 0
+    for pid in processes_in_groups([pgid]):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def group_rss_mb(pgid: int) -> dict[int, float]:
+    """Peak RSS (VmHWM) of each live process in the process group ``pgid``, by pid."""
+    out = {}
+    for pid in processes_in_groups([pgid]):
+        value = vm_hwm_mb(pid)
+        if value is not None:
+            out[pid] = value
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from ``/proc/stat``: the difference of
+    two readings gives the share of the machine in use, whoever used it."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return float(total - idle), float(total)
 
 
 def vm_hwm_mb(pid: int) -> float | None:
@@ -271,10 +318,43 @@ def wait_http(proc: Proc, url: str, timeout: float = 20.0) -> None:
 # -- Redis and PostgreSQL ------------------------------------------------------------------------
 
 
-def redis_client() -> Any:
+def redis_client(url: str) -> Any:
     from redis import Redis
 
-    return Redis.from_url(REDIS_URL)
+    return Redis.from_url(url)
+
+
+def start_redis(
+    procs: Procs, name: str, folder: Path, replica_of: int | None = None
+) -> tuple[Proc, int]:
+    """A redis-server of the benchmark's own on a free 127.0.0.1 port, configured like the
+    shared one here (no RDB snapshots, no append-only file), optionally a replica of the one
+    on port ``replica_of``; returns it and its port once it answers (a replica: once in
+    sync)."""
+    from redis import Redis
+
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(folder), "--save", "", "--appendonly", "no"]
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    proc = procs.start(name, argv)
+    client = Redis(port=port, socket_timeout=1)
+    try:
+
+        def ready() -> bool:
+            if proc.reap(block=False):
+                raise RuntimeError(f"{name} exited; see {proc.log}")
+            if replica_of is None:
+                return bool(client.ping())
+            info: Any = client.info("replication")
+            return bool(info.get("master_link_status") == "up")
+
+        wait_until(ready, 30, f"{name} on port {port}", interval=0.05)
+    finally:
+        client.close()
+    return proc, port
 
 
 def create_database() -> None:

@@ -6,15 +6,16 @@ workers do (hookline's ``JobSerializer``, RQ's JSON format, and ``Envelope.from_
 each body, and in ONE PostgreSQL transaction per batch insert the ``webhook_events`` rows
 (``ON CONFLICT DO NOTHING RETURNING``: exactly-once like the workers), the ``event_bodies``
 rows (body and redacted headers, as the workers keep them while ``[archive] retention_days``
-is not 0) and the ``payments`` rows of the events that were new (the same rank-guarded upsert
-as ``workers.payments``); then delete the job hashes. No RQ registries, heartbeats, results,
+is not 0; none with ``--no-bodies``, as with ``retention_days = 0``) and the ``payments``
+rows of the events that were new (the same rank-guarded upsert as ``workers.payments``);
+then delete the job hashes. No RQ registries, heartbeats, results,
 retries, logging or ORM: what is left is the unavoidable cost.
 
 The keys are RQ's, named by RQ's classes through ``shared.keys``: ``RQ_KEY_PREFIX`` moves
 them as it moves the workers'.
 
-    python bench/drain_ceiling.py --redis-url redis://127.0.0.1:6379/12 \
-        --dsn "host=127.0.0.1 user=postgres dbname=hookline_bench"
+    python bench/drain_ceiling.py --redis-url redis://127.0.0.1:PORT/0 \
+        --dsn "host=127.0.0.1 user=postgres dbname=hookline_bench" [--no-bodies]
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ WHERE payments.status_rank < excluded.status_rank
 """
 
 
-def drain(redis: Redis, conn: psycopg.Connection[Any], queue: str, batch: int) -> int:
+def drain(
+    redis: Redis, conn: psycopg.Connection[Any], queue: str, batch: int, bodies: bool = True
+) -> int:
     queue_key = keys.queue_key(queue)
     done = 0
     while True:
@@ -109,7 +112,7 @@ def drain(redis: Redis, conn: psycopg.Connection[Any], queue: str, batch: int) -
         with conn.transaction():
             rows = conn.execute(EVENTS_SQL, {**ev, "now": now}).fetchall()
             new = {r[1]: r[0] for r in rows}
-            if new:
+            if new and bodies:
                 conn.execute(
                     BODIES_SQL,
                     {
@@ -133,11 +136,16 @@ def main() -> None:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--queue", default="hookline")
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--no-bodies",
+        action="store_true",
+        help="keep no event_bodies rows, as workers with [archive] retention_days = 0",
+    )
     args = parser.parse_args()
     redis = Redis.from_url(args.redis_url)
     started = time.perf_counter()
     with psycopg.connect(args.dsn) as conn:
-        n = drain(redis, conn, args.queue, args.batch)
+        n = drain(redis, conn, args.queue, args.batch, bodies=not args.no_bodies)
     elapsed = time.perf_counter() - started
     print(json.dumps({"events": n, "seconds": round(elapsed, 3)}))
 
