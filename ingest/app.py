@@ -271,8 +271,7 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     keys_, args = claim_script(app[JOB_SPEC]).call(envelope, replicated=replicated)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(ingest.redis_timeout_seconds):
-            claimed = await app[CLAIMS].claim(keys_, args)
+        claimed = await app[CLAIMS].claim(keys_, args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
         log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)

@@ -71,6 +71,9 @@ async def read_body(request: web.Request, limits: IngestSettings) -> bytes:
             raise BadLength("bad content length")
         if int(declared) > limit:
             raise BodyTooLarge("body too large")
+        if request.content.is_eof():
+            # all of it arrived with the headers (the usual small webhook): nothing to wait for
+            return await _read_bounded(request, limit)
     try:
         async with asyncio.timeout(limits.read_timeout_seconds):
             return await _read_bounded(request, limit)

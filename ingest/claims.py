@@ -45,7 +45,8 @@ class Claims:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def claim(self, keys: Sequence[str], args: Sequence[Any]) -> Claimed:
-        """Claim one event; resolves once its claim is in Redis (raises what Redis raised)."""
+        """Claim one event; resolves once its claim is in Redis (raises what Redis raised, or
+        ``TimeoutError`` after ``redis_timeout_seconds``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Claimed] = loop.create_future()
         if not self._pending:
@@ -62,14 +63,18 @@ class Claims:
 
     async def _send(self, batch: list[tuple[Sequence[Any], asyncio.Future[Claimed]]]) -> None:
         try:
-            replies, acked = await self._round_trip([call for call, _ in batch])
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:  # Redis restarted and forgot the script: load it, send those again
-                await self.redis.script_load(self.script)
-                again, acked_again = await self._round_trip([batch[i][0] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-                acked = acked and acked_again
+            # one deadline for the whole pipeline bounds each of its requests' wait (a
+            # request joins a pipeline in the loop turn it asks): none waits longer than
+            # redis_timeout_seconds, and a deadline is not set up per request
+            async with asyncio.timeout(self.ingest.redis_timeout_seconds):
+                replies, acked = await self._round_trip([call for call, _ in batch])
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:  # Redis restarted and forgot the script: load it, send those again
+                    await self.redis.script_load(self.script)
+                    again, acked_again = await self._round_trip([batch[i][0] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+                    acked = acked and acked_again
         except Exception as err:
             for _, future in batch:
                 if not future.done():

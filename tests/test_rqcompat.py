@@ -51,13 +51,21 @@ def _norm(value: bytes) -> bytes:
     return _GENERATED_ID.sub(b"<id>", _TIME.sub(b"<time>", value))
 
 
+def _maybe_decompress(value: bytes) -> bytes:
+    try:
+        return zlib.decompress(value)
+    except zlib.error:
+        return value
+
+
 def _hash(raw: dict[bytes, bytes]) -> dict[bytes, Any]:
     out: dict[bytes, Any] = {}
     for field, value in raw.items():
         if field in _VARYING:
             out[field] = _VARYING[field]
         elif field == b"data":
-            out[field] = JobSerializer.loads(zlib.decompress(value))
+            # RQ always compresses; hookline only data worth it (RQ reads both the same way)
+            out[field] = JobSerializer.loads(_maybe_decompress(value))
         elif field in (b"retry_intervals", b"total_working_time"):
             out[field] = "<jittered>" if field == b"retry_intervals" else "<seconds>"
         else:
@@ -264,3 +272,18 @@ def test_a_queue_name_cannot_change_the_claim_script(redis_client: redis.Redis) 
     job = Job.fetch(JOB_ID, connection=redis_client, serializer=JobSerializer)
     assert job.origin == name
     assert redis_client.llen(keys.queue_key(name)) == 1
+
+
+@pytest.mark.parametrize("size, compressed", [(100, False), (5000, True)])
+def test_job_data_is_compressed_when_it_pays_and_rq_reads_it_either_way(
+    redis_client: redis.Redis, size: int, compressed: bool
+) -> None:
+    from dataclasses import replace
+
+    envelope = replace(ENVELOPE, body=b"x" * size)
+    spec = JobSpec("hookline", 60, 100, 2, (5,))
+    assert claim(redis_client, envelope, spec, job_id=JOB_ID).accepted
+    stored = redis_client.hget(keys.job_key(JOB_ID), "data")
+    assert stored is not None and (stored[:1] == b"x") == compressed
+    job = Job.fetch(JOB_ID, connection=redis_client, serializer=JobSerializer)
+    assert Envelope.from_dict(job.args[0]).body == envelope.body

@@ -19,6 +19,7 @@ same transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,16 +96,14 @@ def _prepare(rt: Runtime, delivery: Delivery) -> _Prepared:
     return _Prepared(delivery, event, handlers)
 
 
-def _dialect(conn: Connection) -> Any:
-    return sqlite if conn.dialect.name == "sqlite" else postgresql
+_dialects: dict[str, Any] = {"sqlite": sqlite, "postgresql": postgresql}
 
 
-def _claim(conn: Connection, items: Sequence[_Prepared], takeover: Replay | None) -> dict[Key, int]:
-    """Insert the rows of ``items`` in one statement; the keys inserted now (or taken over
-    from a ``takeover`` row), with their row ids."""
-    if not items:
-        return {}
-    stmt = _dialect(conn).insert(webhook_events).values([item.row() for item in items])
+@functools.lru_cache(maxsize=16)
+def _claim_statement(dialect_name: str, takeover: Replay | None) -> Any:
+    """The INSERT of events' rows, built once: run with many rows at once (SQLAlchemy's
+    "insertmanyvalues" turns them into multi-row statements, compiled once per size)."""
+    stmt = _dialects[dialect_name].insert(webhook_events)
     keys = [webhook_events.c.source, webhook_events.c.event_id]
     if takeover is None:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
@@ -122,8 +121,17 @@ def _claim(conn: Connection, items: Sequence[_Prepared], takeover: Replay | None
             },
             where=webhook_events.c.status == takeover,
         )
-    stmt = stmt.returning(webhook_events.c.id, webhook_events.c.source, webhook_events.c.event_id)
-    return {(r.source, r.event_id): r.id for r in conn.execute(stmt)}
+    return stmt.returning(webhook_events.c.id, webhook_events.c.source, webhook_events.c.event_id)
+
+
+def _claim(conn: Connection, items: Sequence[_Prepared], takeover: Replay | None) -> dict[Key, int]:
+    """Insert the rows of ``items``; the keys inserted now (or taken over from a ``takeover``
+    row), with their row ids."""
+    if not items:
+        return {}
+    stmt = _claim_statement(conn.dialect.name, takeover)
+    result = conn.execute(stmt, [item.row() for item in items])
+    return {(r.source, r.event_id): r.id for r in result}
 
 
 def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) -> list[Outcome]:
@@ -168,8 +176,13 @@ def _keep_bodies(conn: Connection, applied: Sequence[_Prepared], ids: dict[Key, 
         }
         for item in applied
     ]
-    stmt = _dialect(conn).insert(event_bodies).values(rows)
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=[event_bodies.c.event_pk]))
+    conn.execute(_bodies_statement(conn.dialect.name), rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _bodies_statement(dialect_name: str) -> Any:
+    stmt = _dialects[dialect_name].insert(event_bodies)
+    return stmt.on_conflict_do_nothing(index_elements=[event_bodies.c.event_pk])
 
 
 @contextmanager
