@@ -64,6 +64,14 @@ WHERE payments.status_rank < excluded.status_rank
 """
 
 
+def _data(blob: bytes) -> bytes:
+    """As RQ reads a job's data: compressed, or (small jobs) as it is."""
+    try:
+        return zlib.decompress(blob)
+    except zlib.error:
+        return blob
+
+
 def drain(
     redis: Redis, conn: psycopg.Connection[Any], queue: str, batch: int, bodies: bool = True
 ) -> int:
@@ -94,7 +102,7 @@ def drain(
             "event_id": [],
         }
         for blob in blobs:
-            _func, _inst, args, _kw = JobSerializer.loads(zlib.decompress(blob))
+            _func, _inst, args, _kw = JobSerializer.loads(_data(blob))
             env = Envelope.from_dict(args[0])
             doc = json.loads(env.body)
             ev["source"].append(env.source)

@@ -114,11 +114,14 @@ QUICK = Plan(
     e2e_wait_cap=40.0,
 )
 
+#: the targets of the speed work (issue 11): the ingress at half of bare aiohttp with the access
+#: log on both (the row with it off on both is reported against the same bar), two workers at
+#: a third of the drain-loop ceiling
 TARGETS = {
-    "ingress_vs_ceiling": 0.70,
+    "ingress_vs_ceiling": 0.50,
     "p99_half_ms": 20.0,
     "workers2_eps": 1000.0,
-    "workers2_vs_ceiling": 0.50,
+    "workers2_vs_ceiling": 0.35,
     "e2e_p99_ms": 250.0,
     "rss_ingress_mb": 120.0,
     "rss_worker_mb": 150.0,
@@ -920,7 +923,7 @@ def report(res: dict[str, Any]) -> list[str]:
         row(
             f"{label}: hookline / bare",
             f"{h['accepted_per_s']:,.0f} / {x['bare_rps']:,.0f} /s = {100 * x['ratio']:.1f} %",
-            ">= 70 %",
+            f">= {100 * TARGETS['ingress_vs_ceiling']:.0f} %",
             c[f"ingress_vs_ceiling{key}"],
         )
         row(
@@ -1016,7 +1019,7 @@ def report(res: dict[str, Any]) -> list[str]:
             f"{label}: workers x2 / drain-loop ceiling",
             f"{w2['events_per_s']:,.0f} / {ceil['events_per_s']:,.0f} /s"
             f" = {100 * m['workers_2_vs_ceiling']:.1f} %",
-            ">= 50 %",
+            f">= {100 * TARGETS['workers2_vs_ceiling']:.0f} %",
             c[f"workers2_vs_ceiling{key}"],
         )
         row(

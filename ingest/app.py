@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.log import access_logger
@@ -120,6 +121,13 @@ def _redis_ctx(
     return ctx
 
 
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer (orjson: the same JSON as the standard library, several times faster)."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
 async def _stop_reading(app: web.Application) -> None:
     """On SIGTERM aiohttp stops reading from its connections but lets handlers finish: a body
     still arriving would never come, so its request is answered 503 + Retry-After now rather
@@ -187,7 +195,7 @@ def _reject(request: web.Request, err: RequestRejected) -> web.Response:
     # the reason only: never the headers, which may carry secrets or signatures
     log.info("rejected %s %s: %s", label, err.status, err.code)
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
-    response = web.json_response({"error": err.code}, status=err.status, headers=headers)
+    response = _json({"error": err.code}, status=err.status, headers=headers)
     if err.close_connection:
         response.force_close()
     return response
@@ -229,7 +237,7 @@ async def receive(request: web.Request) -> web.Response:
     if answer is not None:
         # the provider checking the endpoint (Slack's url_verification): no event, nothing queued
         log.info("handshake answered for %s", source.name)
-        return web.json_response(answer, status=200)
+        return _json(answer, status=200)
     event_id = _event_id(request, source, body)
     envelope = Envelope(
         source=source.name,
@@ -288,21 +296,21 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     if not result.accepted:
         metrics.source(envelope.source).duplicates.inc()
         app[TRAFFIC].count(envelope.source, "duplicate")
-        return web.json_response({"status": "duplicate", "event_id": envelope.event_id}, status=200)
+        return _json({"status": "duplicate", "event_id": envelope.event_id}, status=200)
     metrics.source(envelope.source).accepted.inc()
     app[TRAFFIC].count(envelope.source, "accepted")
-    return web.json_response({"status": "accepted", "event_id": envelope.event_id}, status=202)
+    return _json({"status": "accepted", "event_id": envelope.event_id}, status=202)
 
 
 def _unavailable(request: web.Request, source: str, reason: str) -> web.Response:
     _remember_rejection(request, source, 503, reason)
-    return web.json_response(
+    return _json(
         {"error": "unavailable"}, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
     )
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -310,8 +318,8 @@ async def readyz(request: web.Request) -> web.Response:
         async with asyncio.timeout(request.app[SETTINGS].ingest.redis_timeout_seconds):
             await request.app[REDIS].ping()
     except (RedisError, OSError, TimeoutError):
-        return web.json_response({"status": "unavailable", "redis": False}, status=503)
-    return web.json_response({"status": "ready", "redis": True})
+        return _json({"status": "unavailable", "redis": False}, status=503)
+    return _json({"status": "ready", "redis": True})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import random
 import uuid
 import zlib
@@ -166,10 +167,11 @@ def _constant_fields(spec: JobSpec) -> tuple[Any, ...]:
     )
 
 
-#: job data shorter than this is stored as is: RQ reads it either way (it decompresses, and
-#: takes the data as it is when that fails), and compressing a small webhook saves a few bytes
-#: for the CPU of a tenth of the request
-COMPRESS_ABOVE = 1024
+#: job data up to this size is queued as is: RQ reads it either way (it decompresses, and takes
+#: the data as it is when that fails), and compressing a typical webhook (a few KB) costs a
+#: tenth of the request's CPU to save about 1 KB of Redis memory while it waits in the queue
+#: (the worker's RQ compresses it anyway when it records the job finished)
+COMPRESS_ABOVE = 4096
 
 
 def job_data(envelope: Envelope) -> bytes:
@@ -193,7 +195,7 @@ class ClaimScript:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for one event; ``replicated`` when the answer waits for replicas (a
         duplicate then writes the barrier, so waiting for it waits for the claim)."""
-        job_id = job_id or uuid.uuid4().hex
+        job_id = job_id or os.urandom(16).hex()  # as unique as uuid4's, a quarter the cost
         keys_ = [
             keys.claim_key(envelope.source, envelope.event_id),
             keys.job_key(job_id),

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shared.errors import ConfigError
 from shared.signatures.base import Headers
 
@@ -76,7 +78,13 @@ class JsonBody:
 
 
 def loads_or_none(body: bytes) -> Any:
-    """``json.loads`` that answers ``None`` instead of raising on anything malformed."""
+    """The body as JSON, or ``None`` when it is anything malformed. orjson reads nearly every
+    body, fast; the standard library what orjson refuses but JSON allows (integers past 64
+    bits, nesting past 1,024), so an authentic event is never refused for either."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (ValueError, RecursionError, UnicodeDecodeError):

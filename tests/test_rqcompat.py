@@ -287,3 +287,11 @@ def test_job_data_is_compressed_when_it_pays_and_rq_reads_it_either_way(
     assert stored is not None and (stored[:1] == b"x") == compressed
     job = Job.fetch(JOB_ID, connection=redis_client, serializer=JobSerializer)
     assert Envelope.from_dict(job.args[0]).body == envelope.body
+
+
+def test_what_orjson_refuses_is_written_and_read_by_the_standard_library() -> None:
+    # a header aiohttp decoded with surrogateescape (not UTF-8 on the wire), a huge integer
+    envelope = Envelope("s", "e", 1.0, (("X-Odd", "caf\udce9"),), b"{}")
+    data = JobSerializer.dumps((keys.JOB_FUNC, None, (envelope.to_dict(), 10**30), {}))
+    _, _, (back, big), _ = JobSerializer.loads(data)
+    assert Envelope.from_dict(back).headers == envelope.headers and big == 10**30
