@@ -87,6 +87,26 @@ def type_option(what: str) -> Callable[[F], F]:
     return click.option("--type", "event_type", default=None, metavar="TYPE", help=f"Only {what}.")
 
 
+def listen_port_option(default: int) -> Callable[[F], F]:
+    return click.option(
+        "--port",
+        default=default,
+        show_default=True,
+        type=click.IntRange(0, 65535),
+        metavar="PORT",
+        help="Port to listen on.",
+    )
+
+
+limit_option = click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="Show at most N.",
+)
+
 since_option = click.option(
     "--since",
     default=None,
@@ -169,14 +189,7 @@ def main() -> None:
     metavar="HOST",
     help="Address to listen on.",
 )
-@click.option(
-    "--port",
-    default=8080,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    metavar="PORT",
-    help="Port to listen on.",
-)
+@listen_port_option(8080)
 @click.option(
     "--processes",
     default="1",
@@ -196,8 +209,7 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
     except ValueError as err:
         raise click.BadParameter("auto or a number of 1 or more", param_hint="--processes") from err
     settings = _settings(config_path)
-    if redisconn.parse_sentinel(settings.redis_url):
-        redisconn.check(settings.redis_url)  # a service no sentinel knows: one line, exit 2
+    redisconn.check_at_start(settings.redis_url)  # a service no sentinel knows: exit 2
     _logging()
     if count == 1:
         from ingest.app import run
@@ -294,14 +306,7 @@ def dlq() -> None:
 @config_option
 @source_option("dead letters from this source")
 @type_option("dead letters of this event type")
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(1, 1000),
-    metavar="N",
-    help="Show at most N.",
-)
+@limit_option
 @older_than_option
 @json_option
 @one_line_errors
@@ -449,14 +454,7 @@ def events() -> None:
     help="Only events with this outcome.",
 )
 @since_option
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(1, 1000),
-    metavar="N",
-    help="Show at most N.",
-)
+@limit_option
 @click.option(
     "--before",
     type=click.IntRange(min=1),
@@ -579,14 +577,7 @@ def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple
 @main.command()
 @config_option
 @source_option("requests for this source (_unknown: sources not configured)")
-@click.option(
-    "--limit",
-    default=50,
-    show_default=True,
-    type=click.IntRange(1, 1000),
-    metavar="N",
-    help="Show at most N.",
-)
+@limit_option
 @json_option
 @one_line_errors
 def rejections(config_path: str | None, source: str | None, limit: int, as_json: bool) -> None:
@@ -673,14 +664,7 @@ def send(config_path: str | None, source: str, body_path: str | None, url: str |
     metavar="HOST",
     help="Address to listen on.",
 )
-@click.option(
-    "--port",
-    default=8081,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    metavar="PORT",
-    help="Port to listen on.",
-)
+@listen_port_option(8081)
 @one_line_errors
 def console(config_path: str | None, host: str, port: int) -> None:
     """The operators' web console (its own process and port, never the ingress's)."""

@@ -28,8 +28,7 @@ from workers import deadletters
 def connect_redis(settings: Settings) -> Redis:
     """The deployment's Redis (through Sentinel when ``redis_url`` says so), checked first so
     a Sentinel service no sentinel knows is one clear line."""
-    if redisconn.parse_sentinel(settings.redis_url):
-        redisconn.check(settings.redis_url)
+    redisconn.check_at_start(settings.redis_url)
     return redisconn.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
 
 

@@ -141,6 +141,13 @@ def connect_async(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
+def check_at_start(url: str) -> None:
+    """What every process does before it starts: with a Sentinel URL, :func:`check` it (a
+    plain Redis that is down is waited for, or answered 503, as before)."""
+    if parse_sentinel(url) is not None:
+        check(url)
+
+
 def check(url: str) -> None:
     """At a command's start: Redis answers. For a Sentinel URL, tells a service no sentinel
     knows (``ConfigError``: a typo) from no sentinel reachable or no primary right now

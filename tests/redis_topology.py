@@ -8,15 +8,15 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from hookline.dev import redis_server_binary
-from tests.processes import free_port, wait_until
+from tests.processes import free_port, signal_group, start_in_group, stop_groups, wait_until
 
 SERVICE = "hookline-primary"
 #: how soon the sentinels take a silent primary for down, and give a failover up
@@ -32,18 +32,26 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, process_group=0
-        )
+        self.proc = start_in_group(self.argv, dict(os.environ), self.log)
 
-    def client(self, **kw: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **kw)  # type: ignore[arg-type]
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def ask(self, command: Callable[[redis.Redis], Any]) -> Any:
+        """``command`` on a client of this node, closed after."""
+        client = self.client()
+        try:
+            return command(client)
+        finally:
+            client.close()
+
+    def ping(self) -> bool:
+        return bool(self.ask(lambda c: c.ping()))
+
+    def kill(self) -> None:
+        """``kill -9``, as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+            signal_group(self.proc, signal.SIGKILL)
             self.proc.wait(10)
 
     def alive(self) -> bool:
@@ -67,7 +75,7 @@ class Topology:
             if not sentinel.alive():
                 continue
             try:
-                addr = sentinel.client().sentinel_get_master_addr_by_name(SERVICE)
+                addr = sentinel.ask(lambda c: c.sentinel_get_master_addr_by_name(SERVICE))
             except redis.RedisError:
                 continue
             if addr:
@@ -78,7 +86,7 @@ class Topology:
         """Until the replica has caught up with the primary."""
 
         def synced() -> bool:
-            info = self.primary.client().info("replication")
+            info = self.primary.ask(lambda c: c.info("replication"))
             replica = info.get("slave0")
             return isinstance(replica, dict) and replica.get("state") == "online"
 
@@ -89,7 +97,7 @@ class Topology:
 
         def ready() -> bool:
             for sentinel in self.sentinels:
-                master = sentinel.client().sentinel_master(SERVICE)
+                master = sentinel.ask(lambda c: c.sentinel_master(SERVICE))
                 if int(master["num-other-sentinels"]) < 2 or int(master["num-slaves"]) < 1:
                     return False
             return True
@@ -97,8 +105,8 @@ class Topology:
         wait_until(ready, timeout, "the sentinels seeing each other")
 
     def stop(self) -> None:
-        for node in [*self.sentinels, self.replica, self.primary]:
-            node.kill(signal.SIGTERM)
+        nodes = [*self.sentinels, self.replica, self.primary]
+        stop_groups([node.proc for node in nodes if node.proc is not None])
 
 
 def _redis_node(folder: Path, name: str, port: int, *extra: str) -> Node:
@@ -159,7 +167,7 @@ def sentinel_topology(folder: Path) -> Iterator[Topology]:
         for node in [primary, replica, *topo.sentinels]:
             node.start()
         for node in [primary, replica, *topo.sentinels]:
-            wait_until(node.client().ping, 15, f"redis on port {node.port}")
+            wait_until(node.ping, 15, f"redis on port {node.port}")
         topo.wait_replicated()
         topo.wait_sentinels()
         yield topo
@@ -170,10 +178,9 @@ def sentinel_topology(folder: Path) -> Iterator[Topology]:
 def restart_as_replica(topo: Topology, old: Node) -> None:
     """Start a killed primary again; the sentinels turn it into a replica of the new one."""
     old.start()
-    wait_until(old.client().ping, 15, "the old primary restarting")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if old.client().info("replication").get("role") == "slave":
-            return
-        time.sleep(0.2)
-    raise AssertionError("the old primary did not come back as a replica")
+    wait_until(old.ping, 15, "the old primary restarting")
+    wait_until(
+        lambda: old.ask(lambda c: c.info("replication")).get("role") == "slave",
+        30,
+        "the old primary coming back as a replica",
+    )

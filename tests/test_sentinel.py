@@ -97,7 +97,7 @@ async def test_acknowledged_means_held_by_a_replica(
     resp = await client.post("/webhooks/moncash", data=body, headers=headers)
     assert resp.status == 202
     event_id = (await resp.json())["event_id"]
-    assert topology.replica.client().exists(keys.claim_key("moncash", event_id))
+    assert topology.replica.ask(lambda c: c.exists(keys.claim_key("moncash", event_id)))
     # When the replica stops answering
     assert topology.replica.proc is not None
     os.killpg(topology.replica.proc.pid, signal.SIGSTOP)

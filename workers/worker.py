@@ -234,8 +234,7 @@ def prune_archive(connection: Redis) -> None:
 def connect(settings: Settings) -> Redis:
     """The worker's Redis (through Sentinel when ``redis_url`` says so): checked at start, so
     a Sentinel service no sentinel knows stops the worker with one line."""
-    if redisconn.parse_sentinel(settings.redis_url):
-        redisconn.check(settings.redis_url)
+    redisconn.check_at_start(settings.redis_url)
     return redisconn.connect(
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
     )
