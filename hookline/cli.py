@@ -665,16 +665,22 @@ def send(config_path: str | None, source: str, body_path: str | None, url: str |
     help="Address to listen on.",
 )
 @listen_port_option(8081)
+# hookline dev's: no access log (the overview refreshes itself every five seconds)
+@click.option("--quiet", is_flag=True, hidden=True)
 @one_line_errors
-def console(config_path: str | None, host: str, port: int) -> None:
+def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
     """The operators' web console (its own process and port, never the ingress's)."""
     settings = _settings(config_path)
     if not settings.console.token:
-        fail('the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}"', EXIT_USAGE)
+        fail(
+            'the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}", or'
+            " HOOKLINE_CONSOLE_TOKEN in the environment",
+            EXIT_USAGE,
+        )
     from console.app import run
 
     _logging()
-    run(settings, host, port)
+    run(settings, host, port, access_log=not quiet)
 
 
 @main.command()

@@ -37,7 +37,13 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
 from hookline.cli import EXIT_USAGE, CommandFailed
-from shared.config import DEFAULT_CONFIG_FILE, Settings, find_config, load_settings
+from shared.config import (
+    CONSOLE_TOKEN_VARIABLE,
+    DEFAULT_CONFIG_FILE,
+    Settings,
+    find_config,
+    load_settings,
+)
 from shared.errors import ConfigError
 from shared.migrate import upgrade
 
@@ -444,10 +450,10 @@ def run_dev(config_path: str | None, port: int) -> int:
         serve = [*hookline, "serve", "--host", "127.0.0.1", "--port", str(port)]
         children.start("ingress", serve, env)
         children.start("worker", [*hookline, "worker", "--log-level", "dev"], env)
-        console_argv = [sys.executable, "-m", "console", "--port", str(console.port), "--quiet"]
+        console_argv = [*hookline, "console", "--port", str(console.port), "--quiet"]
         console_env = dict(env)
         if console.generated_token:
-            console_env["HOOKLINE_CONSOLE_TOKEN"] = console.generated_token
+            console_env[CONSOLE_TOKEN_VARIABLE] = console.generated_token
         children.start("console", console_argv, console_env)
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: _healthy(f"{base}/healthz"), "the ingress", children)

@@ -85,7 +85,12 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's own configuration."""
-    for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
+    for name in (
+        "HOOKLINE_CONFIG",
+        "HOOKLINE_REDIS_URL",
+        "HOOKLINE_DATABASE_URL",
+        "HOOKLINE_CONSOLE_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("HOOKLINE_TESTING", "1")
 

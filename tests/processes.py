@@ -46,7 +46,12 @@ def env_for(code_root: Path = ROOT, **extra: str) -> dict[str, str]:
     unbuffered output, none of hookline's own variables (a test's configuration comes from
     ``extra``). Everything else is inherited, ``RQ_KEY_PREFIX`` included."""
     env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONUNBUFFERED": "1"}
-    for name in ("HOOKLINE_CONFIG", "HOOKLINE_REDIS_URL", "HOOKLINE_DATABASE_URL"):
+    for name in (
+        "HOOKLINE_CONFIG",
+        "HOOKLINE_REDIS_URL",
+        "HOOKLINE_DATABASE_URL",
+        "HOOKLINE_CONSOLE_TOKEN",
+    ):
         env.pop(name, None)
     env.update(extra)
     return env

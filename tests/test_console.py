@@ -235,7 +235,8 @@ def test_hookline_console_refuses_to_start_without_a_token(tmp_path: Path, redis
     for config, expected in (
         (
             bare,
-            'hookline: the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}"',
+            'hookline: the console needs a token: [console] token = "${HOOKLINE_CONSOLE_TOKEN}",'
+            " or HOOKLINE_CONSOLE_TOKEN in the environment",
         ),
         (
             unset,
