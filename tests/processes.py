@@ -41,6 +41,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bindable(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as `hookline dev` checks it:
+    a port that is the local end of some connection is not free either)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_dev_port(*taken: int) -> int:
+    """A port for `hookline dev --port`: free, with the console's port (the next one) free
+    too, and neither among ``taken`` (say the Redis port already picked for the same dev)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and bindable(port + 1) and not {port, port + 1} & set(taken):
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
 def env_for(code_root: Path = ROOT, **extra: str) -> dict[str, str]:
     """This environment for a hookline child: the code under ``code_root`` first on its path,
     unbuffered output, none of hookline's own variables (a test's configuration comes from
@@ -200,6 +222,20 @@ def wait_until(
         time.sleep(interval)
     why = f" (last error: {last!r})" if last is not None else ""
     raise AssertionError(f"{what} did not happen within {timeout} s{why}")
+
+
+def start_dev(procs: Procs, folder: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """`hookline dev --port PORT ARGS` in ``folder`` (its output in ``folder/dev.log``), once
+    it says it is running; if it stops first, the test fails with the end of its output."""
+    dev = procs.start(
+        hookline("dev", "--port", str(port), *args), env_for(), folder / "dev.log", cwd=folder
+    )
+    log = folder / "dev.log"
+    wait_until(
+        lambda: "hookline is running" in log.read_text() or dev.poll() is not None, 60, "dev"
+    )
+    assert dev.poll() is None, log.read_text()[-3000:]
+    return dev
 
 
 def http_ok(url: str) -> bool:

@@ -18,7 +18,14 @@ import pytest
 
 from hookline.dev import console_port, demo_config
 from tests.helpers import SECRET_VALUES
-from tests.processes import env_for, free_port, hookline, processes, wait_until
+from tests.processes import (
+    env_for,
+    free_dev_port,
+    free_port,
+    hookline,
+    processes,
+    start_dev,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,42 +46,10 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def bindable(port: int) -> bool:
-    """Whether a server could listen on ``port`` now (as dev checks it: a port that is the
-    local end of some connection is not free either)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_pair() -> int:
-    """An ingress port whose console port (the next one) is free too."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65535 and bindable(port + 1):
-            return port
-    raise AssertionError("no two free ports in a row")
-
-
-def run_dev_until_running(procs: Any, folder: Path, port: int) -> tuple[Any, str]:
-    dev = procs.start(
-        hookline("dev", "--port", str(port)), env_for(), folder / "dev.log", cwd=folder
-    )
-    log = folder / "dev.log"
-    wait_until(
-        lambda: "hookline is running" in log.read_text() or dev.poll() is not None, 60, "dev"
-    )
-    assert dev.poll() is None, log.read_text()[-3000:]
-    return dev, log.read_text()
-
-
 def test_dev_runs_the_console_with_the_demo_configurations_token(tmp_path: Path) -> None:
     # Given the demo configuration `hookline dev` writes (it has a console token)
-    redis_port, port = free_port(), free_pair()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     config = tmp_path / "hookline.toml"
     config.write_text(demo_config().replace("6390", str(redis_port)))
     token = tomllib.loads(config.read_text())["console"]["token"]
@@ -82,7 +57,8 @@ def test_dev_runs_the_console_with_the_demo_configurations_token(tmp_path: Path)
     assert len(token) >= 16
     with processes() as procs:
         # When `hookline dev` runs
-        dev, out = run_dev_until_running(procs, tmp_path, port)
+        dev = start_dev(procs, tmp_path, port)
+        out = (tmp_path / "dev.log").read_text()
         # Then it prints the console's login URL, on the port after the ingress's
         console = console_port(port)
         assert console == port + 1
@@ -105,7 +81,8 @@ def test_dev_generates_a_token_for_a_configuration_without_one_and_leaves_it_unt
     tmp_path: Path,
 ) -> None:
     # Given a user's own configuration, without [console]
-    redis_port, port = free_port(), free_pair()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     text = demo_config().replace("6390", str(redis_port))
     text = (
         "# my own configuration\n"
@@ -116,7 +93,8 @@ def test_dev_generates_a_token_for_a_configuration_without_one_and_leaves_it_unt
     config.write_text(text)
     with processes() as procs:
         # When `hookline dev` runs
-        dev, out = run_dev_until_running(procs, tmp_path, port)
+        dev = start_dev(procs, tmp_path, port)
+        out = (tmp_path / "dev.log").read_text()
         # Then it prints the console's login URL and the token it generated for this run
         console = console_port(port)
         found = re.search(
@@ -136,7 +114,8 @@ def test_dev_generates_a_token_for_a_configuration_without_one_and_leaves_it_unt
 
 def test_dev_refuses_at_once_when_the_consoles_port_is_taken(tmp_path: Path) -> None:
     # Given something listening on the port after the ingress's
-    redis_port, port = free_port(), free_pair()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     (tmp_path / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
     with socket.socket() as taken, processes() as procs:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -27,10 +27,12 @@ from shared.migrate import upgrade
 from tests.helpers import SOURCES, signed
 from tests.processes import (
     env_for,
+    free_dev_port,
     free_port,
     hookline,
     http_ok,
     processes,
+    start_dev,
     wait_until,
 )
 from tests.test_worker import deliver
@@ -218,19 +220,15 @@ def _children(pid: int) -> set[int]:
 
 def test_dev_runs_the_pipeline_and_stops_every_child_on_ctrl_c(tmp_path: Path) -> None:
     # Given `hookline dev` in an empty directory (its demo configuration, on a free port)
-    redis_port, port = free_port(), free_port()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     config = tmp_path / "hookline.toml"
     from hookline.dev import demo_config
 
     config.write_text(demo_config().replace("6390", str(redis_port)))
     env = env_for()
     with processes() as procs:
-        dev = procs.start(
-            hookline("dev", "--port", str(port)), env, tmp_path / "dev.log", cwd=tmp_path
-        )
-        wait_until(
-            lambda: "hookline is running" in (tmp_path / "dev.log").read_text(), 60, "dev starting"
-        )
+        dev = start_dev(procs, tmp_path, port)
         children = _children(dev.pid)
         assert len(children) == 4  # redis, ingress, worker, console
         # When a user sends a signed event with `hookline send`
@@ -266,16 +264,13 @@ def test_dev_runs_the_pipeline_and_stops_every_child_on_ctrl_c(tmp_path: Path) -
 
 def test_dev_killed_with_kill_9_leaves_no_child(tmp_path: Path) -> None:
     # Given `hookline dev` running with its three children
-    redis_port, port = free_port(), free_port()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     from hookline.dev import demo_config
 
     (tmp_path / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
     with processes() as procs:
-        dev = procs.start(
-            hookline("dev", "--port", str(port)), env_for(), tmp_path / "dev.log", cwd=tmp_path
-        )
-        log = tmp_path / "dev.log"
-        wait_until(lambda: "hookline is running" in log.read_text(), 60, "dev starting")
+        dev = start_dev(procs, tmp_path, port)
         children = _children(dev.pid)
         assert len(children) == 4
         # When dev itself is killed with no chance to clean up
@@ -322,18 +317,6 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _start_dev(procs: Any, folder: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
-    dev = procs.start(
-        hookline("dev", "--port", str(port), *args), env_for(), folder / "dev.log", cwd=folder
-    )
-    log = folder / "dev.log"
-    wait_until(
-        lambda: "hookline is running" in log.read_text() or dev.poll() is not None, 60, "dev"
-    )
-    assert dev.poll() is None, log.read_text()[-3000:]
-    return dev
-
-
 def _send_moncash(folder: Path, port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         hookline("send", "moncash", "--url", f"http://127.0.0.1:{port}"),
@@ -352,7 +335,8 @@ def test_dev_and_worker_stop_at_once_on_a_handler_module_that_does_not_import(
     # Given the tour's handler with its `raise` removed and nothing written in its place
     from hookline.dev import demo_config
 
-    redis_port, port = free_port(), free_port()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     (tmp_path / "hookline.toml").write_text(
         demo_config()
         .replace("6390", str(redis_port))
@@ -388,13 +372,16 @@ def test_a_second_dev_refuses_at_once_naming_what_holds_its_ports(tmp_path: Path
     # Given `hookline dev` running in folder a, with its demo configuration
     from hookline.dev import demo_config
 
-    redis_port, port, other_port = free_port(), free_port(), free_port()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
+
+    other_port = free_dev_port(redis_port, port, port + 1)
     first, second = tmp_path / "a", tmp_path / "b"
     for folder in (first, second):
         folder.mkdir()
         (folder / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
     with processes() as procs:
-        dev = _start_dev(procs, first, port)
+        dev = start_dev(procs, first, port)
         children = _children(dev.pid)
         client = redis.Redis(port=redis_port)
         redis_pid = client.info("server")["process_id"]
@@ -445,7 +432,8 @@ def test_a_second_dev_refuses_at_once_naming_what_holds_its_ports(tmp_path: Path
 
 def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_path: Path) -> None:
     # Given a Redis of the user's own, not started by `hookline dev`
-    redis_port, port = free_port(), free_port()
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
     (tmp_path / "redis").mkdir()
     argv = [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1"]
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -460,7 +448,7 @@ def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_pat
         wait_until(client.ping, 10, "redis starting")
         # When `hookline dev` runs with the user's own configuration pointing at it
         (own / "hookline.toml").write_text(config_text(redis_url, "sqlite:///own.db"))
-        dev = _start_dev(procs, own, port)
+        dev = start_dev(procs, own, port)
         # Then it says it uses it, starts no Redis of its own, and the pipeline works through it
         log = (own / "dev.log").read_text()
         assert (
