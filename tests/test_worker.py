@@ -558,14 +558,19 @@ def test_an_event_locked_by_a_frozen_transaction_does_not_hold_up_the_others(
     # the batch, then of their own transactions), not when it was released
     assert seen.get("three", 99) < 20, "the others waited for the frozen one"
     print(f"\nthree events applied {seen['three']:.1f} s into a transaction frozen on a fourth")
-    # And the locked one, its attempts spent on the lock (backoff 0 here), is dead-lettered
-    # saying so, not applied and not lost; its replay applies it once
-    [dead] = [e for e in rows(engine, webhook_events) if e["status"] == "dead"]
-    assert dead["event_id"] == "evt_000000000001"
-    [dl] = rows(engine, dead_letters)
-    assert "lock timeout" in dl["reason"]
-    list(deadletters.replay(engine, redis_client, JobSpec.from_settings(settings), [dl["id"]]))
-    run_worker(redis_client, settings)
+    # And the locked one is not lost: its attempts (backoff 0 here) meet the lock until it is
+    # released at 20 s, so it is either dead-lettered saying so (the lock outlived them: its
+    # replay applies it once) or applied by the attempt that came after the release (on a slow
+    # machine the three attempts and the dead letter's write span those 20 s)
+    statuses = {e["event_id"]: e["status"] for e in rows(engine, webhook_events)}
+    if statuses["evt_000000000001"] == "dead":
+        [dl] = rows(engine, dead_letters)
+        assert "lock timeout" in dl["reason"]
+        list(deadletters.replay(engine, redis_client, JobSpec.from_settings(settings), [dl["id"]]))
+        run_worker(redis_client, settings)
+    else:
+        assert statuses["evt_000000000001"] == "processed"
+        assert rows(engine, dead_letters) == []
     assert [e["status"] for e in rows(engine, webhook_events)] == ["processed"] * 4
     assert len(rows(engine, payments)) == 4
 
