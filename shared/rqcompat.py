@@ -163,6 +163,28 @@ def heartbeat(worker: BaseWorker, ttl: int) -> None:
         pipe.execute()
 
 
+def still_held(worker: BaseWorker, running: Sequence[tuple[Job, Execution]]) -> list[bool]:
+    """For each ``(job, execution)``, whether the execution is still in the job's
+    StartedJobRegistry, that is whether ``worker`` still holds the job (one round trip). A
+    janitor that took the worker for gone (it froze past its heartbeats) removed the entry
+    and retried or dead-lettered the job; what the worker then thinks of the job is stale
+    and must not be written over what the job's new holder writes. (A heartbeat never adds
+    the entry back: RQ's ``Execution.heartbeat`` updates it only if it exists.)"""
+    if not running:
+        return []
+    with worker.connection.pipeline(transaction=False) as pipe:
+        for job, execution in running:
+            pipe.zscore(job.started_job_registry.key, execution.composite_key)
+        scores = pipe.execute()
+    return [score is not None for score in scores]
+
+
+def let_go(worker: BaseWorker, execution: Execution) -> None:
+    """Forget an execution the worker no longer holds (see :func:`still_held`), writing
+    nothing: its heartbeats stop and the job is left to its new holder."""
+    worker.executions.pop(execution.id, None)
+
+
 def record_successes(worker: BaseWorker, done: Sequence[tuple[Job, Execution, Any]]) -> None:
     """Record every ``(job, execution, return value)`` as RQ's ``handle_job_success`` does
     for a job without dependents or repeats (hookline's event jobs have neither), in one

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import func, select
 
@@ -26,6 +28,7 @@ from shared.rqcompat import JobSerializer
 from tests.helpers import SOURCES
 from tests.processes import env_for, hookline, processes, wait_until
 from tests.test_worker import deliver
+from workers.retries import ABANDONED, past_errors
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +36,13 @@ pytestmark = pytest.mark.slow
 BOUND_SECONDS = 60
 
 
-def _config(tmp_path: Path, redis_url: str, database_url: str) -> Path:
+def _config(
+    tmp_path: Path,
+    redis_url: str,
+    database_url: str,
+    job_timeout: int = 600,
+    max_attempts: int = 3,
+) -> Path:
     config = tmp_path / "hookline.toml"
     config.write_text(
         f"""
@@ -42,9 +51,9 @@ database_url = "{database_url}"
 
 [worker]
 handlers = ["tests.handlers_for_tests"]
-job_timeout_seconds = 600
+job_timeout_seconds = {job_timeout}
 backoff_seconds = [1]
-max_attempts = 3
+max_attempts = {max_attempts}
 
 [sources.slow]
 scheme = "hmac"
@@ -136,3 +145,57 @@ def test_a_frozen_worker_gives_its_job_back_and_its_late_commit_is_harmless(
     with engine.connect() as conn:
         assert conn.execute(select(webhook_events.c.status)).scalar_one() == "processed"
     engine.dispose()
+
+
+def test_a_frozen_worker_that_wakes_past_its_job_timeout_writes_nothing_over_the_new_holder(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, postgres_url: str
+) -> None:
+    config = _config(tmp_path, redis_url, postgres_url, job_timeout=20, max_attempts=2)
+    settings = load_settings(config)
+    env = env_for(HOOKLINE_CONFIG=str(config), HOOKLINE_TEST_STATE=str(tmp_path))
+    (tmp_path / "sleep").write_text("25")  # a handler 5 s slower than the job timeout
+    deliver(redis_client, settings, "slow", body=b'{"id": "z-2", "type": "t"}')
+    with processes() as procs:
+        # Given a worker in the middle of the event's job, holding its row in an open
+        # transaction (job timeout 20 s, two attempts)
+        first = procs.start(hookline("worker"), env, tmp_path / "w1.log")
+        wait_until(lambda: (tmp_path / "started_z-2").exists(), 30, "the job starting")
+        started = time.monotonic()
+        (tmp_path / "sleep").unlink()
+        procs.start(hookline("worker"), env, tmp_path / "w2.log")
+        # When it is frozen while the other worker takes its job for abandoned, meets the
+        # row's lock on the last attempt and, unable to write the dead letter behind the same
+        # lock, keeps the job for one more try a minute later
+        os.killpg(first.pid, signal.SIGSTOP)
+
+        def kept() -> bool:
+            """The job waits for its one later try (not retried sooner, not run and gone)."""
+            try:
+                job = _job_of(redis_client, "z-2")
+            except (AssertionError, NoSuchJobError):
+                return False
+            queue = Queue(settings.queue, connection=redis_client)
+            due = queue.scheduled_job_registry.get_scheduled_time(job.id)
+            return job.retries_left == 0 and due.timestamp() > time.time() + 30
+
+        wait_until(kept, 60, "the job kept for a later try")
+        # and wakes up past its job timeout and its handler's sleep (its attempt times out,
+        # its transaction rolls back)
+        time.sleep(max(0.0, 27 - (time.monotonic() - started)))
+        os.killpg(first.pid, signal.SIGCONT)
+        wait_until(
+            lambda: "JobTimeoutException" in (tmp_path / "w1.log").read_text(),
+            20,
+            "the woken worker's attempt timing out",
+        )
+        time.sleep(2)
+        assert first.poll() is None
+        # Then the job is as its new holder left it: still kept for the later try, its
+        # attempts spent, its errors the abandonment and the lock's; the woken worker's stale
+        # view (one attempt made, retries left, its timeout) was written nowhere
+        assert kept()
+        job = _job_of(redis_client, "z-2")
+        texts = [e.error for e in past_errors(job)]
+        assert texts[0] == ABANDONED.error and "lock timeout" in texts[-1], texts
+        assert not any(t.startswith("timed out") for t in texts), texts
+        assert "after this worker lost it" in (tmp_path / "w1.log").read_text()

@@ -136,6 +136,7 @@ class BatchRunner:
             done = self._run_together(batch) if len(batch) > 1 else None
             if done is None:
                 done = self._run_each(batch, queue)
+            done = self._held(done)
             with self.worker.bookkeeping:
                 rqcompat.record_successes(self.worker, done)
         finally:
@@ -162,10 +163,34 @@ class BatchRunner:
             return None
         return [(job, ex, out) for (job, ex), out in zip(batch, outcomes, strict=True)]
 
+    def _held(self, done: list[tuple[Job, Execution, Any]]) -> list[tuple[Job, Execution, Any]]:
+        """Those of ``done`` this worker still holds; the others (taken away while it was
+        frozen) are let go unrecorded: their effects, if committed, stand (the event's row
+        makes any other attempt a duplicate), and their bookkeeping is their new holder's."""
+        if not done:
+            return done
+        held = rqcompat.still_held(self.worker, [(job, ex) for job, ex, _ in done])
+        for (job, execution, _), mine in zip(done, held, strict=True):
+            if not mine:
+                self._let_go(job, execution, "finished")
+        return [item for item, mine in zip(done, held, strict=True) if mine]
+
+    def _let_go(self, job: Job, execution: Execution, what: str) -> None:
+        rqcompat.let_go(self.worker, execution)
+        log.warning(
+            "job %s %s after this worker lost it (taken for abandoned while the worker was"
+            " frozen): its outcome is left to the worker that holds it now",
+            job.id,
+            what,
+        )
+
     def _run_each(self, batch: Running, queue: Queue) -> list[tuple[Job, Execution, Any]]:
         """One transaction per event: after a batch failed, or for a batch of one."""
         done = []
         for job, execution in batch:
+            if len(batch) > 1 and not rqcompat.still_held(self.worker, [(job, execution)])[0]:
+                self._let_go(job, execution, "not run again")
+                continue
             try:
                 if self._stopped(job):
                     raise retries.StopRequested("stopped by an operator")
@@ -178,6 +203,9 @@ class BatchRunner:
             except Exception as err:
                 exc_string = traceback.format_exc()
                 failure = retries.Failure.of(err)
+                if not rqcompat.still_held(self.worker, [(job, execution)])[0]:
+                    self._let_go(job, execution, f"failed ({failure.error})")
+                    continue
                 # if even this fails (the database is away as the event dies), the job stays
                 # registered as running: it comes back as abandoned and is decided again
                 ends = retries.attempt_failed(job, failure)
