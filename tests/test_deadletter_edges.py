@@ -15,7 +15,7 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, event, insert, select, update
 
 from shared.db import dead_letters, make_engine, utcnow, webhook_events
 from shared.enqueue import JobSpec
@@ -111,6 +111,13 @@ def test_only_a_replay_of_an_ignored_event_may_take_its_row(engine: Engine) -> N
     assert die(engine, envelope("ign", replay="ignored"), error(1, "E: y"))
     assert event_row(engine, "ign")["status"] == "dead"
     assert letter(engine, "ign")["reason"] == "E: y"
+    # When a second replay of the ignored event (queued before the first died) dies too,
+    # Then it takes its own dead row: the attempts and errors add up
+    assert die(engine, envelope("ign", replay="ignored"), error(1, "E: z"))
+    dl = letter(engine, "ign")
+    assert (dl["attempts"], dl["reason"]) == (2, "E: z")
+    assert error_texts(dl["errors"]) == [(1, "E: y", False), (1, "E: z", False)]
+    assert event_row(engine, "ign")["attempts"] == 2
 
 
 def test_a_dead_letter_keeps_bounded_clean_text(engine: Engine) -> None:
@@ -120,17 +127,39 @@ def test_a_dead_letter_keeps_bounded_clean_text(engine: Engine) -> None:
         remote="r" * 70,
         headers=(("K" * 250, "v" * 5000), ("Nul", "a\x00b"), ("Lone", "a\ud800b")),
     )
-    # When it dies with an error of many lines, the first too long for a reason
-    assert die(engine, env, error(1, "x" * 600 + "\nsecond line\x00"))
+    # When it dies with an error of many lines, the first too long for a reason, all too long
+    assert die(engine, env, error(1, "x" * 600 + "\nsecond line\x00" + "y" * 2000))
     # Then the reason is the first line, 500 characters; each header is cleaned and bounded
     dl = letter(engine, "dirty")
     assert dl["reason"] == "x" * 500
     assert dl["headers"] == [["K" * 200, "v" * 4000], ["Nul", "a\\x00b"], ["Lone", "a\\ud800b"]]
-    assert dl["errors"][0]["error"] == ("x" * 600 + "\nsecond line\\x00")[:2000]
+    # And the error keeps its first 2000 characters, its NUL spelt out
+    assert dl["errors"][0]["error"] == "x" * 600 + "\nsecond line\\x00" + "y" * 1384
     assert dl["errors"][0]["permanent"] is False
     # And the dead letter keeps the whole remote address, the event's row its first 64 chars
     assert dl["remote"] == "r" * 70
     assert event_row(engine, "dirty")["remote"] == "r" * 64
+
+
+def test_an_event_without_a_remote_address_keeps_none(engine: Engine) -> None:
+    assert die(engine, envelope("anon"), error(1, "E"))
+    assert die(engine, envelope("blank", remote=""), error(1, "E"))
+    assert (letter(engine, "anon")["remote"], event_row(engine, "anon")["remote"]) == (None, None)
+    assert event_row(engine, "blank")["remote"] is None
+
+
+def test_the_same_event_id_from_two_sources_makes_two_dead_letters(engine: Engine) -> None:
+    # Given an event dead after two attempts
+    assert die(engine, envelope("same"), error(1, "E: a"), error(2, "E: b"))
+    # When another source's event of the same id dies
+    assert die(engine, envelope("same", source="github"), error(1, "E: gh"))
+    # Then its dead letter and row hold its own attempt only
+    with engine.connect() as conn:
+        query = select(dead_letters).where(dead_letters.c.source == "github")
+        dl = conn.execute(query).one()
+        row = conn.execute(select(webhook_events).where(webhook_events.c.source == "github")).one()
+    assert (dl.attempts, error_texts(dl.errors)) == (1, [(1, "E: gh", False)])
+    assert (row.attempts, error_texts(row.errors)) == (1, [(1, "E: gh", False)])
 
 
 def test_an_error_without_text_is_a_failure_all_the_same(engine: Engine) -> None:
@@ -194,18 +223,21 @@ def test_a_page_holds_fifty_unless_asked_otherwise(engine: Engine) -> None:
 
 
 def test_all_but_those_already_replayed_since_they_died(engine: Engine) -> None:
-    # Given dead letters never replayed, replayed since they died, and replayed before dying
+    # Given dead letters never replayed, replayed since they died, and replayed before dying,
+    # and one replayed the very instant it died
     now = utcnow()
     never = dead_at(engine, "never", now)
     replayed = dead_at(engine, "replayed", now - dt.timedelta(hours=1))
     again = dead_at(engine, "again", now)
+    instant = dead_at(engine, "instant", now)
     with engine.begin() as conn:
-        for dl_id, when in ((replayed, now), (again, now - dt.timedelta(hours=1))):
+        marks = ((replayed, now), (again, now - dt.timedelta(hours=1)), (instant, now))
+        for dl_id, when in marks:
             query = update(dead_letters).where(dead_letters.c.id == dl_id)
             conn.execute(query.values(replayed_at=when))
-    # Then --all without those waiting for their replay leaves out only the one replayed since
+    # Then --all without those waiting for their replay leaves out those replayed since
     everything = deadletters.matching_ids(engine, Filter())
-    assert everything == [never, replayed, again]
+    assert everything == [never, replayed, again, instant]
     waiting = deadletters.matching_ids(engine, Filter(), waiting_replay=False)
     assert waiting == [never, again]
 
@@ -246,8 +278,11 @@ def test_a_purge_deletes_across_chunks_and_counts_them_all(engine: Engine) -> No
     first = dead_at(engine, "first", utcnow())
     last = dead_at(engine, "last", utcnow())
     missing = list(range(10_000, 10_000 + 2 * PURGE_CHUNK))
+    commits: list[None] = []
+    event.listen(engine, "commit", lambda conn: commits.append(None))
     # When they are purged
     purged = deadletters.purge(engine, [first, *missing, last])
-    # Then both are gone and both are counted
+    # Then both are gone and both are counted, in a transaction per chunk
     assert purged == 2
     assert deadletters.count(engine) == 0
+    assert len(commits) == 3

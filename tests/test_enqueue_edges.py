@@ -3,11 +3,16 @@ the Lua literals the claim script is written with."""
 
 from __future__ import annotations
 
+import re
+import zlib
+from dataclasses import replace
+
+import pytest
 import redis
 from rq.job import Job
 
 from shared import keys
-from shared.enqueue import JobSpec, _lua_string, claim
+from shared.enqueue import COMPRESS_ABOVE, JobSpec, _lua_string, claim, claim_script, parse_reply
 from shared.envelope import Envelope
 from shared.rqcompat import JobSerializer
 from tests.helpers import make_settings
@@ -21,12 +26,14 @@ def test_a_queued_event_job_keeps_hooklines_ttls_and_failure_callback(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     # Given an event claimed and queued as the ingress does
-    spec = JobSpec.from_settings(make_settings(redis_url))
+    spec = JobSpec.from_settings(make_settings(redis_url, worker={"job_timeout_seconds": 77}))
     result = claim(redis_client, ENVELOPE, spec)
     # When RQ reads its job back
     job = Job.fetch(result.job_id, connection=redis_client, serializer=JobSerializer)
     # Then RQ keeps its result and its failure as long as hookline says (not RQ's defaults),
     # and calls hookline's failure callback when a worker holding it dies
+    assert job.timeout == 77
+    assert re.fullmatch("[0-9a-f]{32}", job.id)
     assert job.result_ttl == keys.RESULT_TTL_SECONDS
     assert job.failure_ttl == keys.FAILURE_TTL_SECONDS
     assert job.failure_callback is not None
@@ -44,3 +51,73 @@ def test_every_byte_survives_a_lua_literal(redis_client: redis.Redis) -> None:
     assert back == value
     text = 'café "q" \\'
     assert redis_client.eval("return " + _lua_string(text), 0) == text.encode()
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2])
+def test_a_queued_event_job_has_one_retry_interval_per_retry(
+    redis_client: redis.Redis, max_attempts: int
+) -> None:
+    result = claim(redis_client, ENVELOPE, JobSpec("hookline", 60, 100, max_attempts, (30,)))
+    job = Job.fetch(result.job_id, connection=redis_client, serializer=JobSerializer)
+    if max_attempts == 1:  # no retry: no intervals, as RQ's own enqueue writes it
+        assert not redis_client.hexists(keys.job_key(job.id), "retry_intervals")
+    else:
+        assert job.retry_intervals is not None and len(job.retry_intervals) == 1
+        assert 24 <= job.retry_intervals[0] <= 36
+
+
+def test_retry_intervals_follow_the_backoff_within_20_percent_jitter(
+    redis_client: redis.Redis,
+) -> None:
+    # Given events queued with backoff 10 s then 1000 s, for 200 retries
+    spec = JobSpec("hookline", 60, 100, 201, (10, 1000))
+    result = claim(redis_client, ENVELOPE, spec)
+    job = Job.fetch(result.job_id, connection=redis_client, serializer=JobSerializer)
+    intervals = job.retry_intervals
+    assert intervals is not None and len(intervals) == 200
+    # Then the first is about 10 s, every other about 1000 s (+-20 %), and they are spread out
+    assert 8 <= intervals[0] <= 12
+    later = intervals[1:]
+    assert all(800 <= i <= 1200 for i in later)
+    assert min(later) < 850 and max(later) > 1150
+
+
+def test_job_data_is_stored_as_is_up_to_the_threshold_and_compressed_above(
+    redis_client: redis.Redis,
+) -> None:
+    spec = JobSpec("hookline", 60, 100, 1, (30,))
+
+    def queued(event_id: str) -> tuple[bytes, bytes]:
+        """RQ's own data for the event's job, and the data the claim stored."""
+        env = replace(ENVELOPE, event_id=event_id)
+        job = Job.create(
+            keys.JOB_FUNC, args=(env.to_dict(),), connection=redis_client, serializer=JobSerializer
+        )
+        job_id = claim(redis_client, env, spec).job_id
+        stored = redis_client.hget(keys.job_key(job_id), "data")
+        assert stored is not None
+        return job.data, stored
+
+    short = len(queued("e")[0])
+    plain, stored = queued("e" * (1 + COMPRESS_ABOVE - short))
+    assert len(plain) == COMPRESS_ABOVE and stored == plain
+    plain, stored = queued("e" * (2 + COMPRESS_ABOVE - short))
+    assert stored != plain and zlib.decompress(stored) == plain
+
+
+def test_only_a_replicated_duplicate_writes_the_ack_barrier(redis_client: redis.Redis) -> None:
+    # Given an event claimed once
+    spec = JobSpec("hookline", 60, 100, 1, (30,))
+    first = claim(redis_client, ENVELOPE, spec)
+    # When it comes again, first as the synchronous tools claim it
+    again = claim(redis_client, ENVELOPE, spec)
+    # Then it is a duplicate of the first, and no barrier is written
+    assert (again.accepted, again.job_id) == (False, first.job_id)
+    assert not redis_client.exists(keys.ACK_BARRIER)
+    # When it comes again where the answer waits for replicas
+    script = claim_script(spec)
+    keys_, args = script.call(ENVELOPE, replicated=True)
+    reply = parse_reply(redis_client.eval(script.text, len(keys_), *keys_, *args))
+    # Then it is a duplicate too, and the barrier was written
+    assert (reply.accepted, reply.job_id) == (False, first.job_id)
+    assert redis_client.get(keys.ACK_BARRIER) == b"1"

@@ -1,8 +1,8 @@
 """The payment fields at their edges, as a worker run leaves them: the payment row for a value
 just inside each bound, the dead letter (with its reason, after one attempt) for one just
-outside.
+outside; and one batch of events for one payment, applied in one transaction.
 
-MonCash events, run by hookline's worker on SQLite (what is checked here happens before any SQL;
+MonCash events, run by hookline's worker on SQLite (the bounds are checked before any SQL;
 tests/test_payments.py covers the database side on both backends). Built on
 ``tests.test_worker``'s delivery and burst-worker helpers.
 """
@@ -10,6 +10,7 @@ tests/test_payments.py covers the database side on both backends). Built on
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +19,10 @@ from sqlalchemy import Engine
 
 from shared.config import Settings
 from shared.db import dead_letters, payments
+from shared.envelope import Envelope
 from tests import test_worker
+from workers import runtime
+from workers.effects import Delivery, apply_events
 
 state = test_worker.state
 settings = test_worker.settings
@@ -98,3 +102,21 @@ def test_values_just_outside_the_bounds_are_dead_lettered_at_once_with_the_reaso
     for i, (_, reason) in enumerate(REFUSED):
         letter = letters[f"bad_{i}"]
         assert (letter["reason"], letter["permanent"], letter["attempts"]) == (reason, 1, 1)
+
+
+def test_events_of_one_payment_in_one_batch_are_applied_together(
+    settings: Settings, engine: Engine
+) -> None:
+    # Given one batch of events for one payment: pending, completed, then failed
+    def delivery(n: int, event: str) -> Delivery:
+        body = moncash(f"evt_{n}", event=event, reference="ORD-B")
+        return Delivery(Envelope("moncash", f"evt_{n}", time.time(), (), body), 1)
+
+    events = ["payment.pending", "payment.completed", "payment.failed"]
+    batch = [delivery(n, event) for n, event in enumerate(events)]
+    # When it is applied, in one transaction
+    outcomes = apply_events(runtime.current(), batch)
+    # Then every event is processed, and the payment holds the completed one
+    assert outcomes == ["processed"] * 3
+    [payment] = rows(engine, payments)
+    assert (payment["status"], payment["event_id"]) == ("completed", "evt_1")

@@ -61,18 +61,17 @@ def record(
     now = utcnow()
     with engine.begin() as conn:
         dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        # the row first: the unique (source, event_id) serialises this against the effects
+        # the row first: the unique (source, event_id) serialises this against the effects (its
+        # type, attempts and errors are written below, once the earlier ones are known)
         may_take = ["dead", "ignored"] if envelope.replay == "ignored" else ["dead"]
         row = dialect.insert(webhook_events).values(
             source=envelope.source,
             event_id=envelope.event_id,
-            event_type=event_type,
             status="dead",
             attempts=len(errors),
             received_at=from_timestamp(envelope.received_at),
             processed_at=now,
             remote=(envelope.remote or "")[:64] or None,
-            errors=[e.to_json() for e in errors],
         )
         row = row.on_conflict_do_update(
             index_elements=[webhook_events.c.source, webhook_events.c.event_id],
@@ -109,8 +108,7 @@ def record(
             body=envelope.body,
             remote=envelope.remote,
             received_at=from_timestamp(envelope.received_at),
-            failed_at=now,
-            replays=0,
+            failed_at=now,  # replays: the column's default, 0
         )
         stmt = dialect.insert(dead_letters).values(**values)
         update_cols = {

@@ -85,8 +85,8 @@ def attempt_of(job: Job | None, max_attempts: int) -> int:
     return max(1, max_attempts - int(job.retries_left))
 
 
-def past_errors(job: Job | None) -> list[AttemptError]:
-    raw = job.meta.get(ERRORS_META, []) if job is not None else []
+def past_errors(job: Job) -> list[AttemptError]:
+    raw = job.meta.get(ERRORS_META)
     out = []
     for e in raw if isinstance(raw, list) else []:
         try:
@@ -124,7 +124,7 @@ def attempt_failed(job: Job | None, failure: Failure) -> bool:
         ends = True
     if ends:
         try:
-            if envelope is None:
+            if envelope is None or job is None:
                 _dead_letter_invalid(rt, job, error)
             else:
                 _dead_letter(rt, job, envelope, error)
@@ -168,7 +168,7 @@ def _remember(job: Job, error: AttemptError) -> None:
         log.warning("could not save attempt error for job %s", job.id)
 
 
-def _dead_letter(rt: Runtime, job: Job | None, envelope: Envelope, error: AttemptError) -> None:
+def _dead_letter(rt: Runtime, job: Job, envelope: Envelope, error: AttemptError) -> None:
     """Write the event's dead letter with every attempt's error, the last one ``error`` (whose
     ``permanent`` says why it died)."""
     errors = [*past_errors(job), error]
