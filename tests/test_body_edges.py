@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from shared import keys
 from shared.envelope import Envelope
 from shared.rqcompat import JobSerializer
 from tests.helpers import make_settings, signed
+from tests.test_ingest import in_pieces
 
 
 def nothing_queued(redis_client: redis.Redis) -> bool:
@@ -43,12 +43,9 @@ async def test_chunked_body_over_the_limit_arriving_in_pieces_each_under_it_is_4
     client = await aiohttp_client(create_app(settings))
     body, headers, _ = signed(settings, "github", body=b"y" * 1200)
 
-    async def pieces() -> AsyncIterator[bytes]:
-        for i in range(0, len(body), 400):
-            yield body[i : i + 400]
-            await asyncio.sleep(0.05)
-
-    resp = await client.post("/webhooks/github", data=pieces(), headers=headers)
+    resp = await client.post(
+        "/webhooks/github", data=in_pieces(body, 400, pause=0.05), headers=headers
+    )
     # Then the size counted is the whole body's, not the last piece's: 413, nothing queued
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     assert (resp.status, await resp.json()) == (413, {"error": "body_too_large"})
@@ -64,12 +61,9 @@ async def test_chunked_body_arriving_in_pieces_is_queued_exactly_as_sent(
     client = await aiohttp_client(create_app(settings))
     body, headers, _ = signed(settings, "github", body=b'{"id":"p"}' + b" " * 890)
 
-    async def pieces() -> AsyncIterator[bytes]:
-        for i in range(0, len(body), 300):
-            yield body[i : i + 300]
-            await asyncio.sleep(0.05)
-
-    resp = await client.post("/webhooks/github", data=pieces(), headers=headers)
+    resp = await client.post(
+        "/webhooks/github", data=in_pieces(body, 300, pause=0.05), headers=headers
+    )
     # Then it is accepted, and the body queued is the one sent, byte for byte
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     assert resp.status == 202, await resp.text()

@@ -309,9 +309,12 @@ async def test_oversized_chunked_body_is_413(aiohttp_client: Any, redis_url: str
     assert resp.status == 413
 
 
-async def _chunks(body: bytes, size: int = 300) -> AsyncIterator[bytes]:
+async def in_pieces(body: bytes, size: int = 300, pause: float = 0.0) -> AsyncIterator[bytes]:
+    """``body`` as a chunked upload, ``size`` bytes at a time, ``pause`` s between pieces."""
     for i in range(0, len(body), size):
         yield body[i : i + size]
+        if pause:
+            await asyncio.sleep(pause)
 
 
 async def test_chunked_body_one_byte_over_the_limit_is_413_and_at_the_limit_202(
@@ -321,14 +324,14 @@ async def test_chunked_body_one_byte_over_the_limit_is_413_and_at_the_limit_202(
     client = await aiohttp_client(create_app(settings))
     # a body of limit + 1 bytes, without Content-Length, authentic in full
     over, over_headers, _ = signed(settings, "github", body=b"y" * 1001)
-    resp = await client.post("/webhooks/github", data=_chunks(over), headers=over_headers)
+    resp = await client.post("/webhooks/github", data=in_pieces(over), headers=over_headers)
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in resp.request_info.headers
     assert (resp.status, await resp.json()) == (413, {"error": "body_too_large"})
     assert nothing_queued(redis_client)
     # and exactly the limit, chunked, is read whole and accepted
     at, at_headers, _ = signed(settings, "github", body=b"z" * 1000)
-    resp = await client.post("/webhooks/github", data=_chunks(at), headers=at_headers)
+    resp = await client.post("/webhooks/github", data=in_pieces(at), headers=at_headers)
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
     assert resp.status == 202, await resp.text()
 
