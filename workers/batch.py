@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -49,6 +50,10 @@ log = logging.getLogger("hookline.worker")
 #: events taken per round trip: large enough to amortise Redis, small enough that a crash
 #: leaves little to recover and one slow event delays few others
 BATCH_SIZE = 50
+#: a batch shorter than this cannot have lost its jobs (their registry entries, written when
+#: it started, live the execution TTL, 12 s): only a longer one asks Redis whether it still
+#: holds them before writing anything for them
+HOLD_CHECK_AFTER_SECONDS = 2.0
 #: the signal an operator's stop sends this process (from RQ's pubsub thread) to interrupt
 #: the event being applied, as RQ's forking worker kills its work horse
 STOP_SIGNAL = signal.SIGUSR1
@@ -68,6 +73,8 @@ class BatchRunner:
         #: the ids of the batch's jobs, and of those being applied right now (interruptible)
         self._batch: set[str] = set()
         self._applying: set[str] = set()
+        #: when the running batch was registered as started (monotonic)
+        self._started = 0.0
 
     # -- stopping (called from RQ's pubsub thread) -----------------------------------------
 
@@ -132,6 +139,7 @@ class BatchRunner:
         try:
             with self.worker.bookkeeping:
                 executions = rqcompat.start(self.worker, queue, jobs, self.worker.execution_ttl)
+            self._started = time.monotonic()
             batch = list(zip(jobs, executions, strict=True))
             done = self._run_together(batch) if len(batch) > 1 else None
             if done is None:
@@ -167,13 +175,19 @@ class BatchRunner:
         """Those of ``done`` this worker still holds; the others (taken away while it was
         frozen) are let go unrecorded: their effects, if committed, stand (the event's row
         makes any other attempt a duplicate), and their bookkeeping is their new holder's."""
-        if not done:
+        if not done or not self._may_have_lost():
             return done
         held = rqcompat.still_held(self.worker, [(job, ex) for job, ex, _ in done])
         for (job, execution, _), mine in zip(done, held, strict=True):
             if not mine:
                 self._let_go(job, execution, "finished")
         return [item for item, mine in zip(done, held, strict=True) if mine]
+
+    def _may_have_lost(self) -> bool:
+        return time.monotonic() - self._started >= HOLD_CHECK_AFTER_SECONDS
+
+    def _still_holds(self, job: Job, execution: Execution) -> bool:
+        return not self._may_have_lost() or rqcompat.still_held(self.worker, [(job, execution)])[0]
 
     def _let_go(self, job: Job, execution: Execution, what: str) -> None:
         rqcompat.let_go(self.worker, execution)
@@ -188,7 +202,7 @@ class BatchRunner:
         """One transaction per event: after a batch failed, or for a batch of one."""
         done = []
         for job, execution in batch:
-            if len(batch) > 1 and not rqcompat.still_held(self.worker, [(job, execution)])[0]:
+            if len(batch) > 1 and not self._still_holds(job, execution):
                 self._let_go(job, execution, "not run again")
                 continue
             try:
@@ -203,7 +217,7 @@ class BatchRunner:
             except Exception as err:
                 exc_string = traceback.format_exc()
                 failure = retries.Failure.of(err)
-                if not rqcompat.still_held(self.worker, [(job, execution)])[0]:
+                if not self._still_holds(job, execution):
                     self._let_go(job, execution, f"failed ({failure.error})")
                     continue
                 # if even this fails (the database is away as the event dies), the job stays
