@@ -349,12 +349,10 @@ secrets = ["{keys["moncash"]}"]
 
     def claims_missing(self, acked: Sequence[Key]) -> list[Key]:
         """The acknowledged events whose claim the primary at the end does not hold."""
-        from shared import keys
+        from shared.enqueue import JobSpec, claims_held
 
-        pipe = self.rclient.pipeline(transaction=False)
-        for source, event_id in acked:
-            pipe.exists(keys.claim_key(source, event_id))
-        found = pipe.execute()
+        spec = JobSpec.from_settings(self.settings)
+        found = claims_held(self.rclient, spec, acked)
         return [k for k, n in zip(acked, found, strict=True) if not n]
 
     def measure(self, drain: dict[str, Any]) -> None:

@@ -166,6 +166,16 @@ def _settings(config_path: str | None, *, required: bool = True) -> Settings:
     return settings
 
 
+def _check_eviction(settings: Settings) -> None:
+    """A Redis that may evict what was acknowledged stops the command (exit 2); one that may
+    evict claims only, or will not say, is a warning."""
+    from shared import redisconn
+
+    warning = redisconn.check_eviction(settings.redis_url)
+    if warning:
+        click.echo(f"hookline: warning: {warning}", err=True)
+
+
 def _logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -210,6 +220,7 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
         raise click.BadParameter("auto or a number of 1 or more", param_hint="--processes") from err
     settings = _settings(config_path)
     redisconn.check_at_start(settings.redis_url)  # a service no sentinel knows: exit 2
+    _check_eviction(settings)
     _logging()
     if count == 1:
         from ingest.app import run
@@ -251,6 +262,7 @@ def worker(
     from workers.worker import run
 
     settings = _settings(config_path)
+    _check_eviction(settings)
     _logging()
     if metrics_port:
         from prometheus_client import start_http_server
@@ -679,6 +691,7 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
         )
     from console.app import run
 
+    _check_eviction(settings)
     _logging()
     run(settings, host, port, access_log=not quiet)
 

@@ -26,11 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ingest.addresses import allowed, client_address
 from ingest.body import Reading
 from ingest.claims import Claims
+from ingest.memory import MemoryGuard
 from ingest.metrics import IngestMetrics
 from shared import redisconn
 from shared.config import Settings, SourceSettings
@@ -56,6 +57,7 @@ CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
 #: the requests whose body is being read (a stopping process answers them at once)
 READING = web.AppKey("reading", Reading)
+MEMORY = web.AppKey("memory", MemoryGuard)
 #: a request's body size once read, for its rejection record
 BODY_SIZE = web.RequestKey("body_size", int)
 
@@ -83,6 +85,7 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     app[JOB_SPEC] = JobSpec.from_settings(settings)
     app[TRAFFIC] = Traffic()
     app[READING] = Reading()
+    app[MEMORY] = MemoryGuard(settings.ingest.shed_at_memory_percent)
     app.on_shutdown.append(_stop_reading)
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
     app.cleanup_ctx.append(_traffic_ctx)
@@ -136,12 +139,16 @@ async def _stop_reading(app: web.Application) -> None:
 
 
 async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Write the traffic counts and rejections once a second, and a last time on the way out."""
+    """Write the traffic counts and rejections once a second, and a last time on the way out;
+    read Redis's memory as often (:mod:`ingest.memory`)."""
 
     async def flush_forever() -> None:
         while True:
             await asyncio.sleep(TRAFFIC_FLUSH_SECONDS)
             await _flush(app)
+            await _read_memory(app)
+
+    await _read_memory(app)
 
     task = asyncio.create_task(flush_forever())
     yield
@@ -157,6 +164,14 @@ async def _flush(app: web.Application) -> None:
             await app[TRAFFIC].flush(app[REDIS])
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("traffic not written yet: %s", type(err).__name__)
+
+
+async def _read_memory(app: web.Application) -> None:
+    try:
+        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
+            await app[MEMORY].refresh(app[REDIS])
+    except (RedisError, OSError, TimeoutError) as err:
+        log.debug("Redis memory not read: %s", type(err).__name__)
 
 
 async def _check_waitaof(client: aioredis.Redis) -> None:
@@ -275,11 +290,19 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     app = request.app
     metrics = app[METRICS]
     ingest = app[SETTINGS].ingest
+    if app[MEMORY].shedding:
+        # Redis is (nearly) full: room is kept for the workers to drain it
+        return _unavailable(request, envelope.source, "redis_memory_high")
     replicated = bool(ingest.ack_replicas or ingest.ack_fsync)
     keys_, args = claim_script(app[JOB_SPEC]).call(envelope, replicated=replicated)
     started = time.perf_counter()
     try:
         claimed = await app[CLAIMS].claim(keys_, args)
+    except OutOfMemoryError:
+        # Redis refused the event's writes (the script undid what it wrote): nothing queued
+        log.warning("redis is full (maxmemory) for %s: 503", envelope.source)
+        app[MEMORY].full()
+        return _unavailable(request, envelope.source, "redis_full")
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
         log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
@@ -299,6 +322,7 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         return _json({"status": "duplicate", "event_id": envelope.event_id}, status=200)
     metrics.source(envelope.source).accepted.inc()
     app[TRAFFIC].count(envelope.source, "accepted")
+    app[MEMORY].queued(len(envelope.body))
     return _json({"status": "accepted", "event_id": envelope.event_id}, status=202)
 
 

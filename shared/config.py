@@ -72,6 +72,9 @@ class IngestSettings:
     ack_replicas_timeout_ms: int = 200
     #: also wait for the primary's append-only file to be fsynced (WAITAOF, Redis 7.2+)
     ack_fsync: bool = False
+    #: answer 503 + Retry-After once Redis's memory is this full (of ``maxmemory``), so the
+    #: workers and the console keep room to work; 0: only when Redis itself refuses
+    shed_at_memory_percent: int = 95
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class WorkerSettings:
     job_timeout_seconds: int = 60
     handlers: tuple[str, ...] = ()
     builtin_handlers: bool = True
+    #: how long an applied event's job stays in Redis (RQ's finished jobs, results and
+    #: registry); 0: it leaves Redis once its row is committed (the row is the record)
+    keep_finished_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,17 @@ def _ingest(data: Mapping[str, Any]) -> IngestSettings:
             "ingest.ack_replicas_timeout_ms",
         ),
         ack_fsync=_get(data, "ack_fsync", bool, d.ack_fsync, w),
+        shed_at_memory_percent=_percent(
+            _get(data, "shed_at_memory_percent", int, d.shed_at_memory_percent, w),
+            "ingest.shed_at_memory_percent",
+        ),
     )
+
+
+def _percent(value: int, name: str) -> int:
+    if not 0 <= value <= 100:
+        raise ConfigError(f"{name} must be between 0 (off) and 100, not {value}")
+    return value
 
 
 def _checked_ingest(settings: IngestSettings) -> IngestSettings:
@@ -338,6 +354,11 @@ def _worker(data: Mapping[str, Any]) -> WorkerSettings:
         ),
         handlers=tuple(handlers),
         builtin_handlers=_get(data, "builtin_handlers", bool, d.builtin_handlers, w),
+        keep_finished_seconds=_at_least(
+            _get(data, "keep_finished_seconds", int, d.keep_finished_seconds, w),
+            0,
+            "worker.keep_finished_seconds",
+        ),
     )
 
 

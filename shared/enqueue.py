@@ -1,9 +1,10 @@
 """Claim an event id and queue its job as one atomic step.
 
-The claim (``SET NX EX``) and the RQ enqueue (job hash, the queues set, ``RPUSH``) run in one
-Lua script, so no client crash or dropped connection can leave an event claimed but not queued
-(which would turn the provider's retry into a silent "duplicate" and lose the event), and two
-simultaneous deliveries cannot both be queued: Redis runs one script at a time.
+The claim (a member of a small set of claims: :func:`shared.keys.claim_keys`) and the RQ
+enqueue (job hash, the queues set, ``RPUSH``) run in one Lua script, so no client crash or
+dropped connection can leave an event claimed but not queued (which would turn the provider's
+retry into a silent "duplicate" and lose the event), and two simultaneous deliveries cannot
+both be queued: Redis runs one script at a time.
 
 Redis does not roll a script back when a command in it fails, so every write goes through
 ``redis.pcall`` and a failure undoes what the script wrote before it. The claim is written last.
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import time
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -29,7 +31,8 @@ from typing import Any
 from redis import Redis
 from rq.callbacks import Callback
 from rq.job import Job, JobStatus, Retry
-from rq.utils import now, utcformat
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from shared import keys
 from shared.config import Settings
@@ -37,39 +40,45 @@ from shared.envelope import Envelope
 from shared.rqcompat import PER_EVENT_FIELDS, JobSerializer, queued_job_fields
 
 _SCRIPT = """
--- KEYS[1] the claim (hookline's), KEYS[2] the job hash, KEYS[3] the queue list, KEYS[4] the set
---         of queues (RQ's keys, named by RQ's classes: shared.keys); KEYS[5], only when the
---         answer waits for replicas: the barrier a duplicate writes (shared.keys.ACK_BARRIER)
--- ARGV[1] the job id, ARGV[2] when it was created and queued, ARGV[3] its data, ARGV[4] its
---         description, ARGV[5] its retry intervals (none with a single attempt)
+-- KEYS[1] the claims set the claim is written to, KEYS[2..G] the earlier generations' sets it
+--         is also looked for in (shared.keys.claim_keys); then the job hash, the queue list and
+--         the set of queues (RQ's keys, named by RQ's classes: shared.keys); last, only when
+--         the answer waits for replicas: the barrier a duplicate writes (shared.keys.ACK_BARRIER)
+-- ARGV[1] the claim (a 64-bit integer), ARGV[2] when its set expires (unix seconds), ARGV[3]
+--         the job id, ARGV[4] when it was created and queued, ARGV[5] its data, ARGV[6] its
+--         description, ARGV[7] its retry intervals (none with a single attempt)
 -- The job hash's fields that every event of this configuration shares are written into the
 -- script itself (CONSTANT below, built from a job RQ built: shared.rqcompat), so a request
--- sends five arguments instead of forty.
-local claimed = redis.call("GET", KEYS[1])
-if claimed then
-    if KEYS[5] then redis.call("INCR", KEYS[5]) end
-    return {0, claimed}
+-- sends seven arguments instead of forty.
+local G = @GENERATIONS@
+local job, queue, queues, barrier = KEYS[G + 1], KEYS[G + 2], KEYS[G + 3], KEYS[G + 4]
+for i = 1, G do
+    if redis.call("SISMEMBER", KEYS[i], ARGV[1]) == 1 then
+        if barrier then redis.call("INCR", barrier) end
+        return {0, ""}
+    end
 end
 local function undo(err, step)
-    if step >= 3 then redis.call("LREM", KEYS[3], -1, ARGV[1]) end
-    if step >= 1 then redis.call("DEL", KEYS[2]) end
+    if step >= 3 then redis.call("LREM", queue, -1, ARGV[3]) end
+    if step >= 1 then redis.call("DEL", job) end
     return redis.error_reply(err)
 end
 local fields = {@CONSTANT@,
-    "created_at", ARGV[2], "enqueued_at", ARGV[2], "data", ARGV[3], "description", ARGV[4]}
-if ARGV[5] then
+    "created_at", ARGV[4], "enqueued_at", ARGV[4], "data", ARGV[5], "description", ARGV[6]}
+if ARGV[7] then
     table.insert(fields, "retry_intervals")
-    table.insert(fields, ARGV[5])
+    table.insert(fields, ARGV[7])
 end
-local r = redis.pcall("HSET", KEYS[2], unpack(fields))
+local r = redis.pcall("HSET", job, unpack(fields))
 if type(r) == "table" and r.err then return undo(r.err, 1) end
-r = redis.pcall("SADD", KEYS[4], KEYS[3])
+r = redis.pcall("SADD", queues, queue)
 if type(r) == "table" and r.err then return undo(r.err, 2) end
-r = redis.pcall("RPUSH", KEYS[3], ARGV[1])
+r = redis.pcall("RPUSH", queue, ARGV[3])
 if type(r) == "table" and r.err then return undo(r.err, 2) end
-r = redis.pcall("SET", KEYS[1], ARGV[1], "EX", @CLAIM_TTL@)
+r = redis.pcall("SADD", KEYS[1], ARGV[1])
 if type(r) == "table" and r.err then return undo(r.err, 3) end
-return {1, ARGV[1]}
+redis.call("EXPIREAT", KEYS[1], ARGV[2])
+return {1, ARGV[3]}
 """
 
 
@@ -98,6 +107,17 @@ class JobSpec:
     claim_ttl_seconds: int
     max_attempts: int
     backoff_seconds: tuple[int, ...]
+    #: how long a finished job is kept in Redis (RQ's ``result_ttl``); 0: deleted at once
+    keep_finished_seconds: int = 0
+    #: 2 ** this many claim sets per generation (``shared.keys``); the benchmark lowers it to
+    #: measure at a high rate's density with fewer claims
+    claim_bucket_bits: int = keys.CLAIM_BUCKET_BITS
+
+    def claim_keys(self, source: str, event_id: str, now: float) -> keys.ClaimKeys:
+        """Where the claim of (source, event id) is looked for and written at ``now``."""
+        return keys.claim_keys(
+            source, event_id, self.claim_ttl_seconds, now, self.claim_bucket_bits
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobSpec:
@@ -107,6 +127,7 @@ class JobSpec:
             claim_ttl_seconds=settings.ingest.dedup_ttl_seconds,
             max_attempts=settings.worker.max_attempts,
             backoff_seconds=settings.worker.backoff_seconds,
+            keep_finished_seconds=settings.worker.keep_finished_seconds,
         )
 
 
@@ -136,7 +157,7 @@ def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> J
         connection=_NO_CONNECTION,
         id=job_id or uuid.uuid4().hex,
         timeout=spec.timeout_seconds,
-        result_ttl=keys.RESULT_TTL_SECONDS,
+        result_ttl=spec.keep_finished_seconds,
         failure_ttl=keys.FAILURE_TTL_SECONDS,
         description=_description(envelope),
         retry=retry_policy(spec.max_attempts, spec.backoff_seconds),
@@ -145,7 +166,7 @@ def build_job(envelope: Envelope, spec: JobSpec, job_id: str | None = None) -> J
         origin=spec.queue,
         serializer=JobSerializer,
     )
-    job.enqueued_at = now()
+    job.enqueued_at = rq_now()
     return job
 
 
@@ -191,20 +212,34 @@ class ClaimScript:
     sha: str
 
     def call(
-        self, envelope: Envelope, *, replicated: bool = False, job_id: str | None = None
+        self,
+        envelope: Envelope,
+        *,
+        replicated: bool = False,
+        job_id: str | None = None,
+        now: float | None = None,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for one event; ``replicated`` when the answer waits for replicas (a
         duplicate then writes the barrier, so waiting for it waits for the claim)."""
         job_id = job_id or os.urandom(16).hex()  # as unique as uuid4's, a quarter the cost
+        at = time.time() if now is None else now
+        claim = self.spec.claim_keys(envelope.source, envelope.event_id, at)
         keys_ = [
-            keys.claim_key(envelope.source, envelope.event_id),
+            *claim.keys,
             keys.job_key(job_id),
             keys.queue_key(self.spec.queue),
             keys.QUEUES_SET,
         ]
         if replicated:
             keys_.append(keys.ACK_BARRIER)
-        args: list[Any] = [job_id, utcformat(now()), job_data(envelope), _description(envelope)]
+        args: list[Any] = [
+            claim.member,
+            claim.expire_at,
+            job_id,
+            utcformat(rq_now()),
+            job_data(envelope),
+            _description(envelope),
+        ]
         if self.spec.max_attempts > 1:
             intervals = retry_intervals(self.spec.max_attempts, self.spec.backoff_seconds)
             args.append(json.dumps(intervals))
@@ -218,24 +253,29 @@ def claim_script(spec: JobSpec) -> ClaimScript:
     what RQ's own ``enqueue_job`` writes)."""
     constant = ", ".join(_lua_string(v) for v in _constant_fields(spec))
     text = _SCRIPT.replace("@CONSTANT@", constant).replace(
-        "@CLAIM_TTL@", str(int(spec.claim_ttl_seconds))
+        "@GENERATIONS@", str(keys.CLAIM_GENERATIONS + 1)
     )
     return ClaimScript(spec, text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
 
 
 def claim(
-    client: Redis, envelope: Envelope, spec: JobSpec, *, job_id: str | None = None
+    client: Redis,
+    envelope: Envelope,
+    spec: JobSpec,
+    *,
+    job_id: str | None = None,
+    now: float | None = None,
 ) -> EnqueueResult:
     """Claim and enqueue one event with a synchronous client: what the ingress does, for the
-    tools and the tests."""
+    tools and the tests (``now``: the time the claim is made at, else the clock's)."""
     script = claim_script(spec)
-    keys_, args = script.call(envelope, job_id=job_id)
+    keys_, args = script.call(envelope, job_id=job_id, now=now)
     return parse_reply(client.eval(script.text, len(keys_), *keys_, *args))
 
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    """``accepted`` is False when the id was already claimed; ``job_id`` is the claimant's."""
+    """``accepted`` is False when the id was already claimed (``job_id`` is then empty)."""
 
     accepted: bool
     job_id: str
@@ -246,3 +286,25 @@ def parse_reply(reply: Any) -> EnqueueResult:
     if isinstance(job_id, bytes):
         job_id = job_id.decode()
     return EnqueueResult(bool(int(status)), str(job_id))
+
+
+def claims_held(
+    client: Redis, spec: JobSpec, events: Sequence[tuple[str, str]], now: float | None = None
+) -> list[bool]:
+    """For each (source, event id), whether it is claimed: a delivery now would be answered
+    "duplicate" (one round trip; for the tools, the tests and the fault runs)."""
+    at = time.time() if now is None else now
+    claims = [spec.claim_keys(source, event_id, at) for source, event_id in events]
+    with client.pipeline(transaction=False) as pipe:
+        for claimed in claims:
+            for key in claimed.keys:
+                pipe.sismember(key, str(claimed.member))
+        found = iter(pipe.execute())
+    return [any([next(found) for _ in claimed.keys]) for claimed in claims]
+
+
+def is_claimed(
+    client: Redis, spec: JobSpec, source: str, event_id: str, now: float | None = None
+) -> bool:
+    """Whether (source, event id) is claimed (see :func:`claims_held`)."""
+    return claims_held(client, spec, [(source, event_id)], now)[0]

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis import Redis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
@@ -124,8 +124,8 @@ def connect(url: str, **options: Any) -> Redis:
         return Redis.from_url(url, **options)
     kwargs = _sentinel_options(target, options)
     sentinels, sentinel_kwargs = list(target.sentinels), kwargs.pop("sentinel_kwargs")
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: Redis = sentinel.master_for(target.service, **kwargs)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
+    client: Redis = sentinel.master_for(target.service, **kwargs)  # type: ignore[no-untyped-call, unused-ignore]
     return client
 
 
@@ -136,7 +136,7 @@ def connect_async(url: str, **options: Any) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **options)
     kwargs = _sentinel_options(target, options)
     sentinels, sentinel_kwargs = list(target.sentinels), kwargs.pop("sentinel_kwargs")
-    sentinel = AsyncSentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
     client: aioredis.Redis = sentinel.master_for(target.service, **kwargs)
     return client
 
@@ -191,3 +191,42 @@ def check(url: str) -> None:
         raise RedisUnreachable(f"no primary for {target.describe()}: {err}") from err
     finally:
         client.close()
+
+
+#: ``maxmemory-policy`` values that may evict keys without a TTL: queued events (acknowledged)
+#: and their jobs, the workers' registries. hookline refuses to start on them.
+_EVICTS_ANY_KEY = ("allkeys-",)
+
+
+def check_eviction(url: str) -> str | None:
+    """At ``serve``, ``worker`` and ``console``'s start: Redis must never evict what hookline
+    acknowledged. A ``maxmemory-policy`` that may evict any key (``allkeys-*``) is a
+    ``ConfigError`` naming the setting and the fix; ``volatile-*`` (which may evict claims and
+    kept finished jobs, keys with a TTL) and a Redis that refuses ``CONFIG GET`` (managed
+    services) are a warning, returned. A Redis that does not answer is left to the command
+    (it waits, or answers 503)."""
+    client = connect(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+    except ResponseError:
+        return (
+            "this Redis refuses CONFIG GET: make sure its maxmemory-policy is noeviction (an"
+            " allkeys-* policy may evict queued events that were acknowledged)"
+        )
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return None
+    finally:
+        client.close()
+    if policy.startswith(_EVICTS_ANY_KEY):
+        raise ConfigError(
+            f"Redis maxmemory-policy is {policy}: it may evict queued events that were"
+            " acknowledged; set maxmemory-policy noeviction (CONFIG SET maxmemory-policy"
+            " noeviction, and in redis.conf)"
+        )
+    if policy.startswith("volatile-"):
+        return (
+            f"Redis maxmemory-policy is {policy}: claims may be evicted when Redis is full (a"
+            " redelivery is then accepted again and found a duplicate by the webhook_events"
+            " table); noeviction keeps them"
+        )
+    return None

@@ -38,9 +38,10 @@ import orjson
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import now
+from rq.utils import now, utcformat
 
 if TYPE_CHECKING:
+    from redis import Redis
     from rq import Queue
     from rq.worker import BaseWorker
 
@@ -105,20 +106,40 @@ def queued_job_fields(job: Job) -> list[Any]:
 
 # KEYS[1]: the queue's list; KEYS[2]: its intermediate list (where RQ's own dequeue moves an id
 # before the job is registered as started). ARGV[1]: how many ids to move at most.
+# LPOP first: on a Redis at ``maxmemory`` a script's first write must be one that frees memory
+# (Redis then lets the rest of the script write), and LMOVE (RQ's) is refused there.
 TAKE = """
-local ids = {}
-for i = 1, tonumber(ARGV[1]) do
-    local id = redis.call("LMOVE", KEYS[1], KEYS[2], "LEFT", "RIGHT")
-    if not id then break end
-    ids[i] = id
-end
+local ids = redis.call("LPOP", KEYS[1], ARGV[1])
+if not ids then return {} end
+redis.call("RPUSH", KEYS[2], unpack(ids))
 return ids
 """
 
 
+def fetch(connection: Redis, ids: Sequence[str]) -> list[Job | None]:
+    """The jobs of ``ids`` (``None`` for one that is gone), as RQ's ``Job.fetch_many`` reads
+    them but outside a transaction: Redis refuses every command of a MULTI block at
+    ``maxmemory``, reads too, and a full Redis must still be drained."""
+    if not ids:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hgetall(Job.key_for(job_id))
+        found = pipe.execute()
+    jobs: list[Job | None] = []
+    for job_id, data in zip(ids, found, strict=True):
+        if not data:
+            jobs.append(None)
+            continue
+        job = Job(job_id, connection=connection, serializer=JobSerializer)
+        job.restore(data)
+        jobs.append(job)
+    return jobs
+
+
 def take(queue: Queue, count: int) -> list[str]:
     """Move up to ``count`` job ids from ``queue`` into its intermediate list, as RQ's own
-    dequeue does with one (one round trip for all of them)."""
+    dequeue does with one (one round trip, two commands for all of them)."""
     if count <= 0:
         return []
     script = queue.connection.register_script(TAKE)
@@ -126,28 +147,104 @@ def take(queue: Queue, count: int) -> list[str]:
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
 
+# Registering a batch as started: for each job what RQ's ``Execution.create`` and
+# ``Job.prepare_for_execution`` write (the Execution's hash, its entries in the job's
+# ExecutionRegistry, the StartedJobRegistry and the worker's executions set; the job's status,
+# start, heartbeat and worker), the worker busy with its heartbeat, the ids out of the
+# intermediate list. One script, commands shared by the batch where Redis takes many members
+# at once (ZADD, SADD, DEL). The first writes free memory (LREM, DEL), so a Redis at
+# ``maxmemory`` lets the rest through: a full Redis drains.
+# KEYS[1] the intermediate list, KEYS[2] the StartedJobRegistry, KEYS[3] the worker's hash,
+#   KEYS[4] the worker's executions set; then per job i (1..n): KEYS[2 + 3i] its hash,
+#   KEYS[3 + 3i] its Execution's hash, KEYS[4 + 3i] its ExecutionRegistry; then the
+#   intermediate list's first-seen keys of the jobs (forgotten: a sweep may have seen them)
+# ARGV[1] n, ARGV[2] now as RQ writes it in job hashes, ARGV[3] now as in Execution hashes,
+#   ARGV[4] the StartedJobRegistry's score, ARGV[5] the ExecutionRegistry's score, ARGV[6] the
+#   Execution's TTL, ARGV[7] the registries' and worker's TTL, ARGV[8] the worker's name, ARGV[9]
+#   the worker's state; then per job i: ARGV[7 + 3i] its id, ARGV[8 + 3i] its execution's id,
+#   ARGV[9 + 3i] when it started as RQ writes it
+START = """
+local n = tonumber(ARGV[1])
+for i = 1, n do redis.call("LREM", KEYS[1], 1, ARGV[7 + 3 * i]) end
+if #KEYS > 4 + 3 * n then redis.call("DEL", unpack(KEYS, 5 + 3 * n)) end
+local started, members = {}, {}
+for i = 1, n do
+    local job, execution, registry = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+    local job_id, execution_id, started_at = ARGV[7 + 3 * i], ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+    local composite = job_id .. ":" .. execution_id
+    redis.call("HSET", execution, "id", execution_id, "job_id", job_id, "created_at", ARGV[3],
+        "last_heartbeat", ARGV[3], "worker_name", ARGV[8])
+    redis.call("EXPIRE", execution, ARGV[6])
+    redis.call("ZADD", registry, ARGV[5], execution_id)
+    redis.call("EXPIRE", registry, ARGV[7])
+    redis.call("HSET", job, "last_heartbeat", started_at, "status", "started",
+        "started_at", started_at, "worker_name", ARGV[8])
+    table.insert(started, ARGV[4])
+    table.insert(started, composite)
+    table.insert(members, composite)
+end
+redis.call("ZADD", KEYS[2], unpack(started))
+redis.call("SADD", KEYS[4], unpack(members))
+redis.call("EXPIRE", KEYS[4], ARGV[7])
+redis.call("HSET", KEYS[3], "state", ARGV[9], "last_heartbeat", ARGV[2])
+redis.call("EXPIRE", KEYS[3], ARGV[6])
+return n
+"""
+
+
+class _Discard:
+    """A stand-in for a pipeline that drops every command: RQ's own methods then set up the
+    objects (an Execution, a job's or worker's state) while the script writes their keys."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *_args, **_kwargs: None
+
+
+_DISCARD: Any = _Discard()
+
+
 def start(worker: BaseWorker, queue: Queue, jobs: Sequence[Job], ttl: int) -> list[Execution]:
-    """Register ``jobs`` as started by ``worker``, in one transaction: for each, what RQ's
-    ``prepare_execution`` and ``prepare_job_execution`` write (an Execution in the
-    StartedJobRegistry and the worker's index, the job's status, heartbeat and worker, the
-    job kept from expiring, its id out of the intermediate list)."""
+    """Register ``jobs`` as started by ``worker`` in one script (:data:`START`): what RQ's
+    ``prepare_execution`` and ``prepare_job_execution`` write for each, with the objects set
+    up by RQ's own ``Execution.create`` and ``Job.prepare_for_execution``
+    (``tests/test_rqcompat.py`` holds the keys equal to what RQ's own worker writes). Our jobs
+    never carry a TTL of their own, so RQ's ``PERSIST`` of the job is left out."""
+    if not jobs:
+        return []
     executions = []
-    with worker.connection.pipeline() as pipe:
-        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        worker.heartbeat(ttl, pipeline=pipe)
-        stamp = now()
-        for job in jobs:
-            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
-            worker.executions[execution.id] = execution
-            job.heartbeat(stamp, ttl, pipeline=pipe)
-            job.prepare_for_execution(worker.name, pipeline=pipe)
-            pipe.persist(job.key)
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            # a sweep may have seen the id in the intermediate list a moment ago: forget it,
-            # or the same id back there after a retry would look stuck at once
-            pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))
-            executions.append(execution)
-        pipe.execute()
+    per_job: list[str] = []
+    args: list[Any] = []
+    for job in jobs:
+        execution = Execution.create(job, ttl, pipeline=_DISCARD, worker_name=worker.name)
+        job.prepare_for_execution(worker.name, pipeline=_DISCARD)
+        per_job += [job.key, execution.key, job.execution_registry.key]
+        args += [job.id, execution.id, utcformat(job.started_at or now())]
+        executions.append(execution)
+    stamp = executions[0].created_at
+    seconds = stamp.timestamp()
+    keys = [
+        queue.intermediate_queue_key,
+        queue.started_job_registry.key,
+        worker.key,
+        worker.executions_key,
+        *per_job,
+        *(queue.intermediate_queue.get_first_seen_key(job.id) for job in jobs),
+    ]
+    head: list[Any] = [
+        len(jobs),
+        utcformat(stamp),
+        seconds,
+        seconds + ttl,
+        seconds + ttl + 60,
+        ttl,
+        ttl + 60,
+        worker.name,
+        WorkerStatus.BUSY,
+    ]
+    worker.connection.register_script(START)(keys=keys, args=head + args)
+    worker.set_state(WorkerStatus.BUSY, pipeline=_DISCARD)
+    for execution in executions:
+        worker.executions[execution.id] = execution
     return executions
 
 
@@ -185,12 +282,36 @@ def let_go(worker: BaseWorker, execution: Execution) -> None:
     worker.executions.pop(execution.id, None)
 
 
-def record_successes(worker: BaseWorker, done: Sequence[tuple[Job, Execution, Any]]) -> None:
+# Recording a batch's successes when finished jobs are not kept (RQ's ``result_ttl`` 0): what
+# RQ's ``handle_job_success`` then leaves is the worker's counts and nothing of the job (its
+# hash, Execution and registries' entries deleted). The deletions come first: they free
+# memory, so a Redis at ``maxmemory`` takes the rest.
+# KEYS[1] the StartedJobRegistry, KEYS[2] the worker's hash, KEYS[3] the worker's executions
+#   set, KEYS[4..] every job's hash, Execution hash and ExecutionRegistry
+# ARGV[1] how many jobs, ARGV[2] their working time (seconds), ARGV[3..] their executions'
+#   composite keys (RQ's ``Execution.composite_key``)
+FORGET = """
+redis.call("DEL", unpack(KEYS, 4))
+redis.call("ZREM", KEYS[1], unpack(ARGV, 3))
+redis.call("SREM", KEYS[3], unpack(ARGV, 3))
+redis.call("HINCRBY", KEYS[2], "successful_job_count", ARGV[1])
+redis.call("HINCRBYFLOAT", KEYS[2], "total_working_time", ARGV[2])
+return 1
+"""
+
+
+def record_successes(
+    worker: BaseWorker, done: Sequence[tuple[Job, Execution, Any]], keep_seconds: int = 0
+) -> None:
     """Record every ``(job, execution, return value)`` as RQ's ``handle_job_success`` does
-    for a job without dependents or repeats (hookline's event jobs have neither), in one
-    transaction: the worker's counts, the job finished with its result (or deleted when its
-    ``result_ttl`` is 0), the execution removed."""
+    for a job without dependents or repeats (hookline's event jobs have neither) and a
+    ``result_ttl`` of ``keep_seconds``: with 0 (the default) the job leaves Redis, in one
+    script (:data:`FORGET`); else it is kept finished with its result that long, in one
+    transaction, by RQ's own methods."""
     if not done:
+        return
+    if keep_seconds == 0:
+        _forget(worker, done)
         return
     with worker.connection.pipeline() as pipe:
         for job, execution, value in done:
@@ -200,25 +321,42 @@ def record_successes(worker: BaseWorker, done: Sequence[tuple[Job, Execution, An
             worker.increment_successful_job_count(pipeline=pipe)
             if job.started_at is not None:
                 worker.increment_total_working_time(ended - job.started_at, pipe)
-            result_ttl = job.get_result_ttl(worker.default_result_ttl)
-            if result_ttl != 0:
-                job.set_status(JobStatus.FINISHED, pipeline=pipe)
-                job.save(pipeline=pipe, include_meta=False, include_result=False)
-                Result.create(
-                    job,
-                    Result.Type.SUCCESSFUL,
-                    ttl=result_ttl,
-                    return_value=value,
-                    worker_name=worker.name,
-                    pipeline=pipe,
-                    execution_id=execution.id,
-                    execution_started_at=execution.created_at,
-                    execution_ended_at=ended,
-                )
-                job.finished_job_registry.add(job, result_ttl, pipe)
-            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            job.set_status(JobStatus.FINISHED, pipeline=pipe)
+            job.save(pipeline=pipe, include_meta=False, include_result=False)
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                ttl=keep_seconds,
+                return_value=value,
+                worker_name=worker.name,
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=ended,
+            )
+            job.finished_job_registry.add(job, keep_seconds, pipe)
+            job.cleanup(keep_seconds, pipeline=pipe, remove_from_queue=False)
             worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         pipe.execute()
+
+
+def _forget(worker: BaseWorker, done: Sequence[tuple[Job, Execution, Any]]) -> None:
+    ended = now()
+    by_registry: dict[str, list[tuple[Job, Execution, Any]]] = {}
+    for item in done:  # one queue's jobs in practice: one call
+        by_registry.setdefault(item[0].started_job_registry.key, []).append(item)
+    script = worker.connection.register_script(FORGET)
+    for registry, items in by_registry.items():
+        working = sum(
+            (ended - job.started_at).total_seconds() for job, _, _ in items if job.started_at
+        )
+        keys = [registry, worker.key, worker.executions_key]
+        for job, execution, _ in items:
+            keys += [job.key, execution.key, job.execution_registry.key]
+        members = [execution.composite_key for _, execution, _ in items]
+        script(keys=keys, args=[len(items), repr(working), *members])
+    for _, execution, _ in done:
+        worker.executions.pop(execution.id, None)
 
 
 def record_failure(

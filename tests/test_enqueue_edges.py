@@ -4,6 +4,7 @@ the Lua literals the claim script is written with."""
 from __future__ import annotations
 
 import re
+import time
 import zlib
 from dataclasses import replace
 
@@ -12,7 +13,16 @@ import redis
 from rq.job import Job
 
 from shared import keys
-from shared.enqueue import COMPRESS_ABOVE, JobSpec, _lua_string, claim, claim_script, parse_reply
+from shared.enqueue import (
+    COMPRESS_ABOVE,
+    JobSpec,
+    _lua_string,
+    claim,
+    claim_script,
+    claims_held,
+    is_claimed,
+    parse_reply,
+)
 from shared.envelope import Envelope
 from shared.rqcompat import JobSerializer
 from tests.helpers import make_settings
@@ -34,7 +44,7 @@ def test_a_queued_event_job_keeps_hooklines_ttls_and_failure_callback(
     # and calls hookline's failure callback when a worker holding it dies
     assert job.timeout == 77
     assert re.fullmatch("[0-9a-f]{32}", job.id)
-    assert job.result_ttl == keys.RESULT_TTL_SECONDS
+    assert job.result_ttl == 0  # [worker] keep_finished_seconds: gone once applied
     assert job.failure_ttl == keys.FAILURE_TTL_SECONDS
     assert job.failure_callback is not None
     assert f"{job.failure_callback.__module__}.{job.failure_callback.__name__}" == (
@@ -112,12 +122,88 @@ def test_only_a_replicated_duplicate_writes_the_ack_barrier(redis_client: redis.
     # When it comes again, first as the synchronous tools claim it
     again = claim(redis_client, ENVELOPE, spec)
     # Then it is a duplicate of the first, and no barrier is written
-    assert (again.accepted, again.job_id) == (False, first.job_id)
+    assert first.accepted and (again.accepted, again.job_id) == (False, "")
     assert not redis_client.exists(keys.ACK_BARRIER)
     # When it comes again where the answer waits for replicas
     script = claim_script(spec)
     keys_, args = script.call(ENVELOPE, replicated=True)
     reply = parse_reply(redis_client.eval(script.text, len(keys_), *keys_, *args))
     # Then it is a duplicate too, and the barrier was written
-    assert (reply.accepted, reply.job_id) == (False, first.job_id)
+    assert (reply.accepted, reply.job_id) == (False, "")
     assert redis_client.get(keys.ACK_BARRIER) == b"1"
+
+
+# -- claims: small sets of 64-bit integers, by generation and bucket --------------------------
+
+DAY = 86_400
+
+
+def _next_generation() -> int:
+    """The start of the next claims generation of a 3-day window (1.5 days long): claims made
+    around it expire in the future, as Redis needs them to."""
+    length = keys.claim_generation_seconds(3 * DAY)
+    return (int(time.time()) // length + 1) * length
+
+
+@pytest.mark.parametrize("later", [0, 1, DAY, 2 * DAY, 3 * DAY - 1])
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_a_redelivery_within_the_window_is_a_duplicate_wherever_the_generations_fall(
+    redis_client: redis.Redis, offset: int, later: int
+) -> None:
+    # Given an event claimed with a 3-day window just before, at and after a generation starts
+    at = _next_generation() + offset
+    spec = JobSpec("hookline", 60, 3 * DAY, 1, (30,))
+    assert claim(redis_client, ENVELOPE, spec, now=at).accepted
+    # When it comes again inside the window
+    again = claim(redis_client, ENVELOPE, spec, now=at + later)
+    # Then it is a duplicate, nothing more is queued, and its set outlives the window
+    assert not again.accepted
+    assert redis_client.llen(keys.queue_key("hookline")) == 1
+    written = spec.claim_keys(ENVELOPE.source, ENVELOPE.event_id, at)
+    assert written.expire_at >= at + 3 * DAY
+    assert redis_client.expiretime(written.keys[0]) == written.expire_at
+
+
+def test_a_redelivery_after_the_window_and_a_half_is_accepted_again(
+    redis_client: redis.Redis,
+) -> None:
+    spec = JobSpec("hookline", 60, 3 * DAY, 1, (30,))
+    at = _next_generation() + 7
+    assert claim(redis_client, ENVELOPE, spec, now=at).accepted
+    # a claim is looked for until its generation's set expires: at most 1.5 windows
+    claimed = spec.claim_keys(ENVELOPE.source, ENVELOPE.event_id, at)
+    assert claimed.expire_at <= at + 3 * DAY + 1.5 * DAY
+    assert claim(redis_client, ENVELOPE, spec, now=claimed.expire_at).accepted
+
+
+def test_distinct_events_are_never_taken_for_each_other_and_share_few_sets(
+    redis_client: redis.Redis,
+) -> None:
+    # Given 5,000 distinct events of two sources (same ids), with 16 sets per generation
+    at = _next_generation()
+    spec = JobSpec("hookline", 60, 3 * DAY, 1, (30,), claim_bucket_bits=4)
+    events = [
+        replace(ENVELOPE, source=source, event_id=f"evt_{n}")
+        for n in range(2_500)
+        for source in ("a", "b")
+    ]
+    script = claim_script(spec)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for event in events:
+            keys_, args = script.call(event, now=at)
+            pipe.eval(script.text, len(keys_), *keys_, *args)
+        replies = [parse_reply(r) for r in pipe.execute()]
+    # Then every one is accepted, the claims live in at most 16 sets as integers, and each
+    # is found again
+    assert all(r.accepted for r in replies)
+    sets = list(redis_client.scan_iter(keys.CLAIM + "*"))
+    assert 1 <= len(sets) <= 16
+    assert sum(redis_client.scard(s) for s in sets) == 5_000
+    assert all(
+        redis_client.object("encoding", s) == b"intset"
+        for s in sets
+        if redis_client.scard(s) <= 512
+    )
+    held = claims_held(redis_client, spec, [(e.source, e.event_id) for e in events], now=at + 1)
+    assert all(held)
+    assert not is_claimed(redis_client, spec, "c", "evt_1", now=at + 1)

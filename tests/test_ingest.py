@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import socket
@@ -20,9 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from rq import Queue
 
-from ingest.app import JOB_SPEC, SERVER_OPTIONS, create_app
+from ingest.app import SERVER_OPTIONS, create_app
 from shared import keys
 from shared.config import Settings
+from shared.enqueue import JobSpec, is_claimed
 from shared.envelope import REDACTED, Envelope
 from shared.rqcompat import JobSerializer
 from tests.helpers import SECRET_VALUES, SOURCES, make_settings, signed
@@ -120,8 +120,10 @@ async def test_duplicate_after_the_job_finished_is_still_a_duplicate(
     status, answer = await post(client, "moncash", body, headers)
     assert (status, answer["status"]) == (200, "duplicate")
     assert queued_jobs(redis_client) == []
-    ttl = redis_client.ttl(keys.claim_key("moncash", answer["event_id"]))
-    assert 0 < ttl <= settings.ingest.dedup_ttl_seconds
+    spec = JobSpec.from_settings(settings)
+    claim = spec.claim_keys("moncash", answer["event_id"], time.time())
+    ttl = redis_client.ttl(claim.keys[0])
+    assert settings.ingest.dedup_ttl_seconds <= ttl <= settings.ingest.dedup_ttl_seconds * 1.5
 
 
 async def test_redis_failure_between_claim_and_enqueue_leaves_neither(
@@ -134,7 +136,7 @@ async def test_redis_failure_between_claim_and_enqueue_leaves_neither(
     # Then the answer is 503 and neither the claim nor the job exists
     assert status == 503 and answer == {"error": "unavailable"}
     event_id = json.loads(body)["id"]
-    assert redis_client.exists(keys.claim_key("moncash", event_id)) == 0
+    assert not is_claimed(redis_client, JobSpec.from_settings(settings), "moncash", event_id)
     assert [k for k in redis_client.scan_iter("rq:job:*")] == []
     # And the provider's retry, once Redis is healthy, is accepted (not a silent duplicate)
     redis_client.delete(keys.queue_key("hookline"))
@@ -386,19 +388,22 @@ async def test_forwarded_for_from_a_peer_that_is_not_a_trusted_proxy_is_ignored(
     assert nothing_queued(redis_client)
 
 
-async def test_failure_of_the_claim_itself_takes_the_job_back_off_the_queue(
+async def test_a_claims_set_redis_refuses_leaves_no_job_and_no_claim(
     aiohttp_client: Any, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    # Given a claim that Redis refuses to write: SET ... EX 0 is an error, and it is the
-    # script's last step, after the job hash, the queues set and the push onto the queue
-    # (the configuration refuses a TTL of 0, so the app's JobSpec is changed directly)
-    app = create_app(settings)
-    app[JOB_SPEC] = dataclasses.replace(app[JOB_SPEC], claim_ttl_seconds=0)
-    client = await aiohttp_client(app)
+    # Given the set the event's claim goes to holds the wrong type (Redis refuses to read it)
+    client = await aiohttp_client(create_app(settings))
     body, headers, _ = signed(settings, "moncash", n=8)
-    # Then the answer is 503, and the undo left no job id on the queue, no job and no claim
+    event_id = json.loads(body)["id"]
+    claim = JobSpec.from_settings(settings).claim_keys("moncash", event_id, time.time())
+    redis_client.set(claim.keys[0], "not a set")
+    # Then the answer is 503, with no job id on the queue, no job and no claim
     assert await post(client, "moncash", body, headers) == (503, {"error": "unavailable"})
+    redis_client.delete(claim.keys[0])
     assert nothing_queued(redis_client)
+    # And once the set is usable again the provider's retry is accepted, once
+    assert (await post(client, "moncash", body, headers))[0] == 202
+    assert (await post(client, "moncash", body, headers))[0] == 200
 
 
 @contextlib.asynccontextmanager

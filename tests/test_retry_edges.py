@@ -26,6 +26,7 @@ from shared.envelope import Envelope
 from shared.errors import PermanentError
 from shared.rqcompat import JobSerializer
 from tests import test_worker
+from tests.test_ingest import queued_jobs
 from workers import deadletters, retries, runtime
 from workers.retries import Failure
 
@@ -195,10 +196,8 @@ def test_an_event_applied_before_its_stop_arrived_is_not_dead_lettered_and_says_
 ) -> None:
     # Given an event a worker applied
     deliver(redis_client, settings, "flaky", body=b'{"id": "a-1", "type": "x"}')
+    [job] = queued_jobs(redis_client)
     run_worker(redis_client, settings)
-    job_id = redis_client.get(keys.claim_key("flaky", "a-1"))
-    assert job_id is not None
-    job = Job.fetch(job_id.decode(), connection=redis_client, serializer=JobSerializer)
     before = counted("flaky", "dead_lettered")
     # When an operator's stop for it is decided afterwards
     with caplog.at_level(logging.INFO, logger="hookline.worker"):

@@ -161,7 +161,7 @@ def test_rq_key_prefix_moves_every_key_of_the_ingress_and_the_workers(
     # And every key in Redis is under the prefix (but the test run's own lock)
     stray = [k for k in keys if not k.startswith("hlx:") and k != "hookline-test-run-lock"]
     assert stray == []
-    assert any(k.startswith("hlx:hookline:claim:") for k in keys)
-    assert any(k.startswith("hlx:job:") for k in keys)
+    assert any(k.startswith("hlx:hookline:c:") for k in keys)
+    assert "hlx:queues" in keys and any(k.startswith("hlx:worker:") for k in keys)
     assert [e["attempts"] for e in _rows(engine, webhook_events) if e["source"] == "flaky"] == [2]
     engine.dispose()

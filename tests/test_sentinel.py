@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from hookline.cli import main
 from ingest.app import create_app
-from shared import keys
 from shared.config import load_settings
 from shared.db import make_engine, webhook_events
+from shared.enqueue import JobSpec, is_claimed
 from shared.migrate import upgrade
 from tests.helpers import SOURCES, make_settings, signed
 from tests.processes import env_for, free_port, hookline, http_ok, processes, wait_until
@@ -97,7 +97,8 @@ async def test_acknowledged_means_held_by_a_replica(
     resp = await client.post("/webhooks/moncash", data=body, headers=headers)
     assert resp.status == 202
     event_id = (await resp.json())["event_id"]
-    assert topology.replica.ask(lambda c: c.exists(keys.claim_key("moncash", event_id)))
+    spec = JobSpec.from_settings(settings)
+    assert topology.replica.ask(lambda c: is_claimed(c, spec, "moncash", event_id))
     # When the replica stops answering
     assert topology.replica.proc is not None
     os.killpg(topology.replica.proc.pid, signal.SIGSTOP)

@@ -128,7 +128,7 @@ class BatchRunner:
         """Run ``first`` (dequeued by RQ's loop) and up to BATCH_SIZE - 1 more jobs."""
         connection = self.worker.connection
         ids = rqcompat.take(queue, BATCH_SIZE - 1)
-        found = Job.fetch_many(ids, connection=connection, serializer=self.worker.serializer)
+        found = rqcompat.fetch(connection, ids)
         vanished = [i for i, job in zip(ids, found, strict=True) if job is None]
         if vanished:  # expired or deleted meanwhile: nothing to run
             for job_id in vanished:
@@ -146,7 +146,7 @@ class BatchRunner:
                 done = self._run_each(batch, queue)
             done = self._held(done)
             with self.worker.bookkeeping:
-                rqcompat.record_successes(self.worker, done)
+                rqcompat.record_successes(self.worker, done, self.worker.keep_finished)
         finally:
             with self._lock:
                 self._batch = set()

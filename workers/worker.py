@@ -36,7 +36,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError
+from redis.exceptions import LockError, OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.command import parse_payload
@@ -76,13 +76,21 @@ PRUNE_CHUNKS_PER_ROUND = 20
 WORKER_TTL_SECONDS = 35
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
+#: a full Redis is relieved (:func:`relieve`) until its memory is below this share of its
+#: ``maxmemory``: room for RQ's own registration and janitor, which write before they free
+RELIEF_BELOW = 0.97
 
 
 class EventWorker(SimpleWorker):
     """RQ's in-process worker with a batch loop, a heartbeat and a janitor."""
 
     def __init__(
-        self, queues: Sequence[Queue], connection: Redis, job_timeout: int = 180, **kwargs: Any
+        self,
+        queues: Sequence[Queue],
+        connection: Redis,
+        job_timeout: int = 180,
+        keep_finished: int = 0,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JobSerializer)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
@@ -90,6 +98,8 @@ class EventWorker(SimpleWorker):
         super().__init__(list(queues), connection=connection, **kwargs)
         #: the configured job timeout (180 s is RQ's default); a job carries its own too
         self.job_timeout = job_timeout
+        #: ``[worker] keep_finished_seconds``: how long an applied event's job stays in Redis
+        self.keep_finished = keep_finished
         self.execution_ttl = EXECUTION_TTL_SECONDS
         self.batch = BatchRunner(self)
         #: held while the batch's executions are registered, recorded or renewed, so the
@@ -247,9 +257,57 @@ def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> l
     ]
 
 
+def redis_full(connection: Redis, fraction: float = 1.0) -> bool:
+    """Whether Redis's memory is at ``fraction`` of its ``maxmemory`` or past it (never, with
+    no ``maxmemory``)."""
+    info = connection.info("memory")
+    maximum = int(info.get("maxmemory", 0))
+    return maximum > 0 and int(info.get("used_memory", 0)) >= maximum * fraction
+
+
+def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
+    """While Redis is (nearly) full, take and apply batches with hookline's own scripts only:
+    RQ's registration, dequeue and janitor write first and are refused at ``maxmemory``,
+    while these free memory with their first writes (LPOP, LREM, DEL), which Redis then lets
+    the rest of the script follow, and an applied event leaves Redis. Returns the batches
+    run; stops once Redis has room again (:data:`RELIEF_BELOW`), or when nothing is queued.
+    A batch whose bookkeeping is refused anyway leaves its jobs where the janitor finds them
+    once there is room."""
+    batches = 0
+    while redis_full(worker.connection, RELIEF_BELOW):
+        progressed = False
+        for queue in queues:
+            ids = rqcompat.take(queue, 1)
+            if not ids:
+                continue
+            progressed = True
+            [job] = rqcompat.fetch(worker.connection, ids)
+            if job is None:
+                worker.connection.lrem(queue.intermediate_queue_key, 1, ids[0])
+                continue
+            try:
+                worker.batch.run(job, queue)
+                batches += 1
+            except OutOfMemoryError:
+                log.warning("Redis refused a batch's bookkeeping; the janitor will take it")
+        if not progressed:
+            log.warning(
+                "Redis is full and no event is queued to free it: raise its maxmemory, or"
+                " delete what else it holds"
+            )
+            break
+    if batches:
+        log.info("Redis was full: %d batches applied to make room", batches)
+        # the batches' bookkeeping wrote the worker's hash; RQ's registration, next, would
+        # take it for another live worker of the same name
+        worker.connection.delete(worker.key)
+    return batches
+
+
 def drain(worker: EventWorker, queues: Sequence[Queue]) -> None:
     """``--burst``: run until the queues are empty and no retry is due. Retries scheduled for
     later stay scheduled (a long-running worker will take them)."""
+    relieve(worker, queues)
     sweep(queues, worker, full=True)
     while True:
         for queue in queues:
@@ -271,13 +329,17 @@ def run(
     connection = connect(settings)
     queues = queues_for(settings, queue_names, connection)
     timeout = settings.worker.job_timeout_seconds
-    worker = EventWorker(queues, connection=connection, job_timeout=timeout)
+    keep = settings.worker.keep_finished_seconds
+    worker = EventWorker(queues, connection=connection, job_timeout=timeout, keep_finished=keep)
     if burst:
         drain(worker, queues)
         return
     while True:
         try:
+            relieve(worker, queues)
             worker.work(with_scheduler=True, logging_level=rq_log_level)
+        except OutOfMemoryError:
+            log.warning("Redis is full (maxmemory): applying queued events to make room")
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             log.warning("redis unavailable (%s)", type(err).__name__)
         if worker.stopping:
@@ -286,7 +348,7 @@ def run(
         # fresh registration
         log.warning("the work loop ended unasked; reconnecting")
         _wait_for_redis(connection)
-        worker = EventWorker(queues, connection=connection, job_timeout=timeout)
+        worker = EventWorker(queues, connection=connection, job_timeout=timeout, keep_finished=keep)
 
 
 def _stop_waiting(_signum: int, _frame: Any) -> None:
