@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import footprint
 from common import (
     BENCH,
     DATABASE_URL,
@@ -100,6 +101,7 @@ class Plan:
     profile_backlog: int = 1500
     e2e_wait_cap: float = 120.0
     ack_timeout_ms: int = 200
+    claims: int = 1_000_000
 
 
 QUICK = Plan(
@@ -112,6 +114,7 @@ QUICK = Plan(
     profile_seconds=6,
     profile_backlog=600,
     e2e_wait_cap=40.0,
+    claims=200_000,
 )
 
 #: the targets of the speed work (issue 11): the ingress at half of bare aiohttp with the access
@@ -822,6 +825,14 @@ def phase_profile(b: Bench, out_dir: Path) -> dict[str, Any]:
 # -- report ---------------------------------------------------------------------------------------
 
 
+def phase_footprint(b: Bench) -> dict[str, Any]:
+    """Redis bytes per queued and applied event and per claim, commands and Redis CPU per
+    event on each side, on a redis-server of its own (``bench/footprint.py``)."""
+    folder = b.tmp / "footprint"
+    folder.mkdir(exist_ok=True)
+    return footprint.measure(b.procs, folder, b.plan.backlog, b.plan.claims)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -1185,6 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("ack", lambda: phase_ack(b)),
             ("workers", lambda: phase_workers(b)),
             ("e2e", lambda: phase_e2e(b)),
+            ("footprint", lambda: phase_footprint(b)),
         ]
         if args.profile:
             prof_dir = args.profile
@@ -1205,6 +1217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["elapsed_s"] = round(time.monotonic() - started, 1)
     res["env"]["loadavg_end"] = os.getloadavg()
     lines = report(res)
+    if "footprint" in res:
+        lines += ["", "Redis footprint (bench/footprint.py):", *footprint.report(res["footprint"])]
     res["table"] = lines
     print()
     print("\n".join(lines))

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-
 #: bytes of a queued event's job beside its body (measured: ``bench/footprint.py``)
 QUEUED_EVENT_OVERHEAD = 3072
 

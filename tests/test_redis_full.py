@@ -87,7 +87,7 @@ def _post(port: int, settings: Any, n: int) -> tuple[int, str]:
         f"http://127.0.0.1:{port}/webhooks/moncash", data=body, headers=headers, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
             status = resp.status
     except urllib.error.HTTPError as err:
         status = err.code
