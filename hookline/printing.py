@@ -51,7 +51,19 @@ def status(data: dict[str, Any]) -> None:
         ("workers alive", "workers_alive"),
     ):
         table.add_row(label, escape(str(data[key])))
+    used, most = data["redis_memory_used_bytes"], data["redis_memory_max_bytes"]
+    limit = f"{size(most)} maxmemory ({used / most:.0%} used)" if most else "no maxmemory"
+    table.add_row("redis memory", escape(f"{size(used)} used of {limit}"))
     console.print(table)
+
+
+def size(n: float) -> str:
+    """Bytes for a person: 512 B, 1.5 KiB, 12.0 MiB, 2.0 GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def dead_letters(rows: Sequence[dict[str, Any]]) -> None:
