@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from sqlalchemy import Engine
 
@@ -159,9 +160,13 @@ class Operations:
         return traffic.recent_rejections(self.redis, sources, limit=limit)
 
 
-def redis_memory(redis: Redis) -> dict[str, int]:
-    """Redis's INFO memory: what it uses, and its ``maxmemory`` (0: no limit), in bytes."""
-    memory = redis.info("memory")
+def redis_memory(redis: Redis) -> dict[str, int | None]:
+    """Redis's INFO memory: what it uses, and its ``maxmemory`` (0: no limit), in bytes;
+    ``None`` for both where INFO is refused (a managed Redis's ACL)."""
+    try:
+        memory = redis.info("memory")
+    except ResponseError:
+        return {"redis_memory_used_bytes": None, "redis_memory_max_bytes": None}
     return {
         "redis_memory_used_bytes": int(memory["used_memory"]),
         "redis_memory_max_bytes": int(memory.get("maxmemory", 0)),

@@ -51,10 +51,18 @@ def status(data: dict[str, Any]) -> None:
         ("workers alive", "workers_alive"),
     ):
         table.add_row(label, escape(str(data[key])))
-    used, most = data["redis_memory_used_bytes"], data["redis_memory_max_bytes"]
-    limit = f"{size(most)} maxmemory ({used / most:.0%} used)" if most else "no maxmemory"
-    table.add_row("redis memory", escape(f"{size(used)} used of {limit}"))
+    table.add_row("redis memory", redis_memory(data))
     console.print(table)
+
+
+def redis_memory(data: dict[str, Any]) -> str:
+    """``1.5 MiB of 100.0 MiB maxmemory (2%)``, ``1.5 MiB (no maxmemory)``, or ``unknown``."""
+    used, most = data["redis_memory_used_bytes"], data["redis_memory_max_bytes"]
+    if used is None:
+        return "unknown (INFO refused)"
+    if not most:
+        return f"{size(used)} (no maxmemory)"
+    return f"{size(used)} of {size(most)} maxmemory ({used / most:.0%})"
 
 
 def size(n: float) -> str:

@@ -150,6 +150,7 @@ async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
     app[GAUGES] = gauges
     app[METRICS].registry.register(gauges)
     yield
+    app[METRICS].registry.unregister(gauges)
     await gauges.close()
     counter.close()
 

@@ -21,6 +21,7 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import insert
 
+from hookline import printing
 from hookline.cli import main
 from ingest import metrics as ingest_metrics
 from ingest.app import create_app
@@ -265,6 +266,22 @@ def test_status_shows_redis_memory(tmp_path: Path, redis_url: str) -> None:
     assert data["redis_memory_used_bytes"] > 0
     assert data["redis_memory_max_bytes"] == maxmemory
     text = CliRunner().invoke(main, ["status", "--config", str(config)]).output
-    limit = "no maxmemory" if maxmemory == 0 else "maxmemory ("
-    assert re.search(r"redis memory\s+[\d.]+ (B|KiB|MiB|GiB) used of ", text), text
-    assert limit in text
+    limit = r"\(no maxmemory\)" if maxmemory == 0 else r"of [\d.]+ \w+ maxmemory \(\d+%\)"
+    assert re.search(r"redis memory\s+[\d.]+ (B|KiB|MiB|GiB) " + limit, text), text
+
+
+@pytest.mark.parametrize(
+    "used, most, shown",
+    [
+        (512, 0, "512 B (no maxmemory)"),
+        (1536, 0, "1.5 KiB (no maxmemory)"),
+        (90 * 2**20, 100 * 2**20, "90.0 MiB of 100.0 MiB maxmemory (90%)"),
+        (3 * 2**30, 4 * 2**30, "3.0 GiB of 4.0 GiB maxmemory (75%)"),
+        (None, None, "unknown (INFO refused)"),
+    ],
+)
+def test_status_words_redis_memory_for_people(
+    used: int | None, most: int | None, shown: str
+) -> None:
+    data = {"redis_memory_used_bytes": used, "redis_memory_max_bytes": most}
+    assert printing.redis_memory(data) == shown
