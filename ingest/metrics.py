@@ -194,8 +194,10 @@ class DeadLetterCounter:
         if self._engine is None:
             parsed = make_url(self.url)
             if parsed.get_backend_name() == "sqlite":
-                if parsed.database in (None, "", ":memory:") or not Path(parsed.database).exists():
-                    raise FileNotFoundError(f"no SQLite database at {parsed.database!r}")
+                if parsed.database in (None, "", ":memory:"):
+                    raise FileNotFoundError("an in-memory SQLite database holds no dead letters")
+                if not Path(parsed.database).exists():
+                    raise FileNotFoundError(f"no SQLite database at {parsed.database}")
                 self._engine = db.make_engine(self.url)
             else:
                 args = {"connect_timeout": 3, "options": "-c statement_timeout=5000"}
