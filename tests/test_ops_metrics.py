@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,19 @@ def test_status_words_redis_memory_for_people(
 ) -> None:
     data = {"redis_memory_used_bytes": used, "redis_memory_max_bytes": most}
     assert printing.redis_memory(data) == shown
+
+
+def test_worker_metrics_port_in_use_is_one_line_and_exit_2(tmp_path: Path, redis_url: str) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(f'redis_url = "{redis_url}"\ndatabase_url = "sqlite:///{tmp_path}/w.db"\n')
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["worker", "--config", str(config), "--metrics-port", str(port), "--burst"]
+        )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "hookline: Address already in use: pass another port"
+    ]
