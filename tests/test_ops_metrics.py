@@ -189,9 +189,11 @@ async def test_redis_unreachable_leaves_the_counters_and_no_gauge(aiohttp_client
 
 
 async def test_dead_letters_are_counted_in_the_database(
-    client: TestClient, settings: Settings
+    aiohttp_client: Any, redis_url: str, database_url: str
 ) -> None:
-    # Given a database with two dead letters
+    # Given a database (SQLite, PostgreSQL) with two dead letters
+    settings = make_settings(redis_url, database_url)
+    client = await aiohttp_client(create_app(settings))
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     row = {
