@@ -265,16 +265,29 @@ def worker(
     _check_eviction(settings)
     _logging()
     if metrics_port:
-        from prometheus_client import start_http_server
-
-        from workers import runtime
+        from workers import metrics, runtime
 
         rt = runtime.configure(settings)
-        start_http_server(metrics_port, registry=rt.metrics.registry)
+        metrics.serve(metrics_port, rt.metrics.registry, _redis_ready(settings))
     if log_level == "dev":
         # one line per event (hookline's own), not RQ's several lines per job
         logging.getLogger("rq").setLevel(logging.WARNING)
     run(settings, queues, burst=burst, rq_log_level="WARNING" if log_level == "dev" else "INFO")
+
+
+def _redis_ready(settings: Settings) -> Callable[[], bool]:
+    """Whether Redis answers a PING within 2 s (a worker's ``/readyz``)."""
+    from shared import redisconn
+
+    client = redisconn.connect(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def ready() -> bool:
+        try:
+            return bool(client.ping())
+        except (RedisError, OSError):
+            return False
+
+    return ready
 
 
 @main.command()

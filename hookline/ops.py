@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from sqlalchemy import Engine
 
@@ -88,6 +89,7 @@ class Operations:
             "dead_letters": deadletters.count(self.engine),
             "workers_alive": len(workers),
             "workers": [{"name": w.name, "state": w.get_state()} for w in workers],
+            **redis_memory(redis),
         }
         if details:
             out["workers"] = [_worker(w) for w in workers]
@@ -156,6 +158,19 @@ class Operations:
         unknown ones."""
         sources = [source] if source else [*sorted(self.settings.sources), traffic.UNKNOWN]
         return traffic.recent_rejections(self.redis, sources, limit=limit)
+
+
+def redis_memory(redis: Redis) -> dict[str, int | None]:
+    """Redis's INFO memory: what it uses, and its ``maxmemory`` (0: no limit), in bytes;
+    ``None`` for both where INFO is refused (a managed Redis's ACL)."""
+    try:
+        memory = redis.info("memory")
+    except ResponseError:
+        return {"redis_memory_used_bytes": None, "redis_memory_max_bytes": None}
+    return {
+        "redis_memory_used_bytes": int(memory["used_memory"]),
+        "redis_memory_max_bytes": int(memory.get("maxmemory", 0)),
+    }
 
 
 def _worker(worker: Any) -> dict[str, Any]:

@@ -51,7 +51,27 @@ def status(data: dict[str, Any]) -> None:
         ("workers alive", "workers_alive"),
     ):
         table.add_row(label, escape(str(data[key])))
+    table.add_row("redis memory", redis_memory(data))
     console.print(table)
+
+
+def redis_memory(data: dict[str, Any]) -> str:
+    """``1.5 MiB of 100.0 MiB maxmemory (2%)``, ``1.5 MiB (no maxmemory)``, or ``unknown``."""
+    used, most = data["redis_memory_used_bytes"], data["redis_memory_max_bytes"]
+    if used is None:
+        return "unknown (INFO refused)"
+    if not most:
+        return f"{size(used)} (no maxmemory)"
+    return f"{size(used)} of {size(most)} maxmemory ({used / most:.0%})"
+
+
+def size(n: float) -> str:
+    """Bytes for a person: 512 B, 1.5 KiB, 12.0 MiB, 2.0 GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def dead_letters(rows: Sequence[dict[str, Any]]) -> None:

@@ -32,8 +32,16 @@ from ingest.addresses import allowed, client_address
 from ingest.body import Reading
 from ingest.claims import Claims
 from ingest.memory import MemoryGuard
-from ingest.metrics import IngestMetrics
-from shared import redisconn
+from ingest.metrics import (
+    COUNT_DEAD_EVERY_SECONDS,
+    READ_EVERY_SECONDS,
+    DeadLetterCounter,
+    IngestMetrics,
+    OpsGauges,
+    Periodic,
+    RedisReading,
+)
+from shared import redisconn, rqcompat
 from shared.config import Settings, SourceSettings
 from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
@@ -52,6 +60,8 @@ log = logging.getLogger("hookline.ingest")
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 METRICS = web.AppKey("metrics", IngestMetrics)
+#: the gauges read from Redis and the database (also in METRICS's registry)
+GAUGES = web.AppKey("gauges", OpsGauges)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
 CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
@@ -89,6 +99,7 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     app.on_shutdown.append(_stop_reading)
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
     app.cleanup_ctx.append(_traffic_ctx)
+    app.cleanup_ctx.append(_gauges_ctx)
     app.router.add_post("/webhooks/{source}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -122,6 +133,29 @@ def _redis_ctx(
             await client.aclose()
 
     return ctx
+
+
+async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    counter = DeadLetterCounter(settings.database_url)
+
+    async def read_redis() -> RedisReading:
+        client = app[REDIS]
+        async with asyncio.timeout(settings.ingest.redis_timeout_seconds * 2):
+            queues = await rqcompat.read_queues(client, settings.queue)
+            memory = await client.info("memory")
+        return RedisReading(queues, int(memory["used_memory"]), int(memory.get("maxmemory", 0)))
+
+    gauges = OpsGauges(
+        Periodic("the queues from Redis", read_redis, READ_EVERY_SECONDS),
+        Periodic("the dead letters from the database", counter.count, COUNT_DEAD_EVERY_SECONDS),
+    )
+    app[GAUGES] = gauges
+    app[METRICS].registry.register(gauges)
+    yield
+    app[METRICS].registry.unregister(gauges)
+    await gauges.close()
+    counter.close()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -347,11 +381,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """This process's metrics, or, under ``serve --processes N``, every process's added up."""
+    """This process's metrics, or, under ``serve --processes N``, every process's counters
+    added up; the gauges are this process's reading of Redis and the database either way."""
+    gauges = request.app[GAUGES]
+    await gauges.refresh()
     registry = request.app[METRICS].registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(gauges)
     resp = web.Response(body=generate_latest(registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

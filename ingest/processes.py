@@ -3,8 +3,9 @@ with aiohttp's own gunicorn worker (uvloop).
 
 Gunicorn does what a supervisor must: one listening socket shared by the processes, a process
 that dies is started again, SIGTERM stops them all after the requests in flight are answered
-(``graceful_timeout``). ``/metrics`` adds up every process: prometheus-client's multiprocess
-mode, its files in a folder of this run's own, removed at the end.
+(``graceful_timeout``). ``/metrics`` adds up every process's counters: prometheus-client's
+multiprocess mode, its files in a folder of this run's own, removed at the end (the gauges read
+from Redis are the answering process's reading: see :mod:`ingest.metrics`).
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
+    select,
 )
 from sqlalchemy.engine import make_url
 
@@ -163,6 +165,12 @@ def make_engine(url: str, *, lock_timeout_ms: int | None = None, **kwargs: Any) 
     if lock_timeout_ms is not None:
         kwargs.setdefault("connect_args", {})["options"] = f"-c lock_timeout={lock_timeout_ms}"
     return create_engine(parsed, **kwargs)
+
+
+def dead_letter_count(engine: Engine) -> int:
+    """Rows in ``dead_letters`` (replayed ones included, as ``hookline status`` counts them)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(dead_letters)).scalar_one())
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from rq import worker_registration
 from rq.defaults import RQ_KEY_PREFIX
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import ScheduledJobRegistry
 
 #: hookline's own keys: ``hookline:`` beside RQ's default ``rq:``, else ``<prefix>:hookline:``
 PREFIX = "hookline:" if RQ_KEY_PREFIX == "rq" else f"{RQ_KEY_PREFIX}:hookline:"
@@ -137,6 +139,22 @@ def queue_key(queue: str) -> str:
 def intermediate_key(queue: str) -> str:
     """RQ's list of ids taken from ``queue`` but not yet registered as started."""
     return IntermediateQueue.get_intermediate_queue_key(queue_key(queue))
+
+
+def scheduled_key(queue: str) -> str:
+    """RQ's sorted set of the jobs of ``queue`` waiting for their retry's time."""
+    return str(ScheduledJobRegistry.key_template.format(queue))
+
+
+def workers_key(queue: str) -> str:
+    """RQ's set of the keys of the workers listening on ``queue`` (a worker's key expires
+    when it stops heartbeating; the set keeps it until someone cleans it up)."""
+    return str(worker_registration.WORKERS_BY_QUEUE_KEY % queue)
+
+
+def queue_name(key: str) -> str:
+    """The queue's name from its list's key (the members of :data:`QUEUES_SET`)."""
+    return key.removeprefix(Queue.redis_queue_namespace_prefix)
 
 
 def janitor_lock(queue: str) -> str:

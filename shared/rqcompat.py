@@ -20,6 +20,10 @@ What is here, and how each piece is held to RQ:
 - :func:`stop_requested_for`: the one private name used, RQ's way of marking a job stopped.
 - :func:`stuck_in_intermediate` and :func:`move_due_retries`: RQ's own recovery steps, run
   sooner than RQ runs them (see ``workers.worker``).
+- :func:`read_queues`: what the ingress's gauges show of each queue (depth, the head job's
+  ``enqueued_at``, retries scheduled, workers alive), read with the asyncio client straight
+  from RQ's keys in three round trips, without RQ's classes (which are synchronous, and whose
+  ``count`` and ``Worker.all`` clean up as a side effect).
 
 Every key comes from RQ's classes (:mod:`shared.keys`), so ``RQ_KEY_PREFIX`` moves them all.
 """
@@ -32,15 +36,19 @@ import json
 import pickle
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import now, utcformat
+from rq.utils import now, utcformat, utcparse
+
+from shared import keys
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
     from redis import Redis
     from rq import Queue
     from rq.worker import BaseWorker
@@ -434,3 +442,67 @@ def move_due_retries(queue: Queue, overdue_seconds: float = 0) -> int:
         queue.enqueue_job(job)
         moved += 1
     return moved
+
+
+# -- the ingress's gauges: what each queue holds ---------------------------------------------
+
+#: queued ids looked at for the oldest one's ``enqueued_at``: the head's job may be gone (RQ
+#: skips an id whose hash expired or was deleted), the next one then tells the age
+HEAD_IDS = 5
+#: queues reported at most (the configured one and those RQ's set of queues names)
+MAX_QUEUES = 100
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """One queue as the ingress's gauges show it."""
+
+    queue: str
+    #: ids in the queue's list (RQ's ``Queue.count`` without its cleanup)
+    depth: int
+    #: unix time the oldest queued job was (last) enqueued; ``None`` when the queue is empty
+    oldest_enqueued_at: float | None
+    #: jobs in the queue's ScheduledJobRegistry: failed attempts waiting for their retry
+    retries_scheduled: int
+    #: workers registered on the queue whose key has not expired (RQ's worker TTL)
+    workers_alive: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def read_queues(redis: aioredis.Redis, configured: str) -> list[QueueReading]:
+    """Every queue RQ knows on ``redis`` (its set of queues) and ``configured``, sorted by
+    name, in three pipelined round trips."""
+    found = await redis.smembers(keys.QUEUES_SET)
+    names = sorted({configured, *(keys.queue_name(_text(k)) for k in found)})[:MAX_QUEUES]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(keys.queue_key(name))
+            pipe.lrange(keys.queue_key(name), 0, HEAD_IDS - 1)
+            pipe.zcard(keys.scheduled_key(name))
+            pipe.smembers(keys.workers_key(name))
+        first = await pipe.execute()
+    per_queue = [first[i : i + 4] for i in range(0, len(first), 4)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _depth, head, _scheduled, workers in per_queue:
+            for job_id in head:
+                pipe.hget(keys.job_key(_text(job_id)), "enqueued_at")
+            for worker_key in workers:
+                pipe.exists(_text(worker_key))
+        second = iter(await pipe.execute())
+    readings = []
+    for name, (depth, head, scheduled, workers) in zip(names, per_queue, strict=True):
+        stamps = [next(second) for _ in head]
+        alive = sum(1 for _ in workers if next(second))
+        oldest = next((_timestamp(s) for s in stamps if s), None)
+        readings.append(QueueReading(name, int(depth), oldest, int(scheduled), alive))
+    return readings
+
+
+def _timestamp(value: Any) -> float | None:
+    try:
+        return utcparse(_text(value)).timestamp()
+    except ValueError:
+        return None

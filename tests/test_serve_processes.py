@@ -73,6 +73,13 @@ def _accepted_total(base: str) -> float:
     return float(found[0]) if found else 0.0
 
 
+def _gauge(base: str, series: str) -> float | None:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:  # noqa: S310
+        text = resp.read().decode()
+    found = [line.split()[-1] for line in text.splitlines() if line.startswith(series + " ")]
+    return float(found[0]) if found else None
+
+
 def test_several_processes_serve_one_port_and_one_metrics(tmp_path: Path, redis_url: str) -> None:
     config = tmp_path / "hookline.toml"
     config.write_text(
@@ -102,6 +109,8 @@ def test_several_processes_serve_one_port_and_one_metrics(tmp_path: Path, redis_
                 assert resp.status == 202
         # Then /metrics, whichever process answers, counts all of them
         assert {_accepted_total(base) for _ in range(6)} == {30.0}
+        # and shows the queue's depth as Redis holds it, never added up over the processes
+        assert {_gauge(base, 'hookline_queue_depth{queue="hookline"}') for _ in range(6)} == {30.0}
         # When one process is killed, another takes its place and the port keeps answering
         victim = min(_children(master.pid))
         os.kill(victim, signal.SIGKILL)

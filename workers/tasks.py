@@ -81,9 +81,14 @@ def process_batch(jobs: Sequence[Job]) -> list[Outcome] | None:
 
 
 def _applied(rt: Runtime, delivery: Delivery, outcome: str) -> None:
-    """The one line and the counter every applied event gets."""
+    """The one line and the counter every applied event gets, and, when this run committed
+    its row (not a duplicate of an earlier run's), its lag since the ingress received it (on
+    two clocks: a worker's behind the ingress's counts as no lag)."""
     envelope = delivery.envelope
     rt.metrics.events.labels(envelope.source, outcome).inc()
+    if outcome != "duplicate":
+        lag = max(0.0, time.time() - envelope.received_at)
+        rt.metrics.event_lag.labels(envelope.source).observe(lag)
     log.info(
         "event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, delivery.attempt
     )

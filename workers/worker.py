@@ -136,6 +136,20 @@ class EventWorker(SimpleWorker):
         for thread in self._threads:
             thread.start()
 
+    def unsubscribe(self) -> None:
+        # RQ's pubsub thread waits up to 60 s per read (its sleep_time). RQ unsubscribes and
+        # then stops the thread: if the thread reads the unsubscribe reply before the stop, it
+        # waits 60 s more for a subscription that never comes, and redis-py's stop() waits
+        # with it (a --burst worker took a minute to exit). Stopping the thread first, without
+        # waiting, lets the reply end its last read.
+        thread = self.pubsub_thread
+        if thread is not None:
+            try:
+                thread.stop(timeout=0)
+            except TypeError:  # redis-py before 7: stop() only clears the flag
+                thread.stop()
+        super().unsubscribe()
+
     def teardown(self) -> None:
         self._threads_stop.set()
         for thread in self._threads:
