@@ -295,9 +295,12 @@ class Procs:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Proc:
+    def start(
+        self, name: str, argv: list[str], cwd: Path | None = None, code_root: Path = ROOT
+    ) -> Proc:
+        """Start ``argv`` (``code_root``: the hookline code it runs, this checkout's else)."""
         log = self.log_dir / f"{name}.log"
-        proc = Proc(name, start_in_group(argv, env_for(), log, cwd), log)
+        proc = Proc(name, start_in_group(argv, env_for(code_root), log, cwd), log)
         self.procs.append(proc)
         return proc
 

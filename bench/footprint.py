@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PG_ADMIN_DSN,
     QUEUE,
+    ROOT,
     SOURCE,
     WEBHOOK_PATH,
     Procs,
@@ -58,6 +59,7 @@ from common import (
 )
 
 from shared import keys
+from tests.processes import env_for
 
 PG_DB = "hookline_footprint"
 #: the rate and window the issue's goal is set at: 1,000 events/s, the default 3 days
@@ -101,13 +103,22 @@ def per_event(before: dict[str, float], after: dict[str, float], n: int) -> dict
     }
 
 
-def commands_by_name(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, float]:
+def commands_by_name(
+    before: dict[str, Any], after: dict[str, Any], n: int
+) -> dict[str, dict[str, float]]:
+    """Per event, each command's calls and Redis's own time in it (µs; a script's time
+    includes the commands it runs)."""
     out = {}
     for name, stats in after.items():
-        calls = stats["calls"] - before.get(name, {}).get("calls", 0)
+        old = before.get(name, {})
+        calls = stats["calls"] - old.get("calls", 0)
         if calls:
-            out[name.removeprefix("cmdstat_")] = round(calls / n, 2)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+            usec = stats["usec"] - old.get("usec", 0)
+            out[name.removeprefix("cmdstat_")] = {
+                "calls": round(calls / n, 2),
+                "us": round(usec / n, 2),
+            }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["us"]))
 
 
 # -- 1 and 2: events through the ingress and the workers ---------------------------------------
@@ -165,7 +176,11 @@ def drop_database(url: str) -> None:
             conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
 
 
-def events_phase(procs: Procs, tmp: Path, r: Any, redis_url: str, n: int) -> dict[str, Any]:
+def events_phase(
+    procs: Procs, tmp: Path, r: Any, redis_url: str, n: int, code: Path = ROOT
+) -> dict[str, Any]:
+    """The events through ``code``'s ingress and workers (this checkout's, else an earlier
+    commit's: the baseline)."""
     db = database_url(tmp)
     try:
         config = tmp / "hookline.toml"
@@ -175,12 +190,15 @@ def events_phase(procs: Procs, tmp: Path, r: Any, redis_url: str, n: int) -> dic
         )
         config.write_text(text)
         subprocess.run(
-            hookline("db", "upgrade", "--config", str(config)), check=True, capture_output=True
+            hookline("db", "upgrade", "--config", str(config)),
+            check=True,
+            capture_output=True,
+            env=env_for(code),
+            cwd=code,  # ``python -m`` puts the working directory first on the path
         )
         port = free_port()
-        serve = procs.start(
-            "serve", hookline("serve", "--config", str(config), "--port", str(port))
-        )
+        argv = hookline("serve", "--config", str(config), "--port", str(port))
+        serve = procs.start("serve", argv, cwd=code, code_root=code)
         wait_http(serve, f"http://127.0.0.1:{port}/healthz")
         # warm the ingress and the script cache, then leave Redis as if new
         asyncio.run(post_all(port, sign_many(10**9, 50)))
@@ -199,7 +217,12 @@ def events_phase(procs: Procs, tmp: Path, r: Any, redis_url: str, n: int) -> dic
             )
         serve.stop(grace=5.0)
         workers = [
-            procs.start(f"worker-{i}", hookline("worker", "--burst", "--config", str(config)))
+            procs.start(
+                f"worker-{i}",
+                hookline("worker", "--burst", "--config", str(config)),
+                cwd=code,  # ``python -m`` puts the working directory first on the path
+                code_root=code,
+            )
             for i in (1, 2)
         ]
         # the workers' figures are read when the last event is recorded, before the burst
@@ -315,6 +338,8 @@ def sizing(res: dict[str, Any], backlog_seconds: int = 600) -> list[dict[str, An
     model = res["claims"]["model"]
     queued = res["events"]["queued_bytes"]
     before = res["claims"]["before"]["bytes_per_claim"]
+    # the code before also kept each applied event's job an hour (what its applied bytes hold)
+    kept = res["baseline"]["applied_bytes"] if "baseline" in res else 0.0
     rows = []
     for rate in (100, 1000, 5000):
         for days in (1, 3, 7):
@@ -329,7 +354,7 @@ def sizing(res: dict[str, Any], backlog_seconds: int = 600) -> list[dict[str, An
                     "backlog_gb": backlog / 1e9,
                     "total_gb": (claims + backlog) / 1e9,
                     "claims_per_set": per_set,
-                    "before_gb": rate * days * DAY * before / 1e9,
+                    "before_gb": (rate * days * DAY * before + rate * 3600 * kept + backlog) / 1e9,
                 }
             )
     return rows
@@ -350,6 +375,7 @@ def report(res: dict[str, Any]) -> list[str]:
         f"Redis {res['redis']['version']} ({res['redis']['allocator']}), {e['events']:,} events"
         f" of 1 KB through `hookline serve`, two `hookline worker --burst` ({e['database']})",
         "",
+        *baseline_lines(res),
         "| per event | ingress | workers | target |",
         "|---|---|---|---|",
         f"| Redis commands | {e['ingress']['commands']:.1f} | {e['worker']['commands']:.1f}"
@@ -377,7 +403,9 @@ def report(res: dict[str, Any]) -> list[str]:
         "",
         "Sizing (claims at their peak, 1.5 windows, + 10 minutes of backlog):",
         "",
-        "| events/s | window | claims | backlog | total | before |",
+        "| events/s | window | claims | backlog | total | before (claims"
+        + (", finished jobs kept 1 h" if "baseline" in res else "")
+        + ", backlog) |",
         "|---|---|---|---|---|---|",
     ]
     for row in res["sizing"]:
@@ -396,13 +424,64 @@ def report(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def baseline_lines(res: dict[str, Any]) -> list[str]:
+    """The baseline's figures beside this code's, as ratios, when it was run."""
+    base = res.get("baseline")
+    if not base:
+        return []
+    e = res["events"]
+
+    def row(what: str, old: float, new: float, unit: str = "") -> str:
+        ratio = f"{new / old:.2f} x" if old else "-"
+        return f"| {what} | {old:,.1f}{unit} | {new:,.1f}{unit} | {ratio} |"
+
+    return [
+        f"| same run | commit {base['ref']} (baseline) | this code | ratio |",
+        "|---|---|---|---|",
+        row("bytes per queued event", base["queued_bytes"], e["queued_bytes"]),
+        row("bytes per applied event", base["applied_bytes"], e["applied_bytes"]),
+        row(
+            "ingress: Redis commands per event",
+            base["ingress"]["commands"],
+            e["ingress"]["commands"],
+        ),
+        row(
+            "ingress: Redis CPU per event", base["ingress"]["cpu_us"], e["ingress"]["cpu_us"], " us"
+        ),
+        row(
+            "workers: Redis commands per event", base["worker"]["commands"], e["worker"]["commands"]
+        ),
+        row("workers: Redis CPU per event", base["worker"]["cpu_us"], e["worker"]["cpu_us"], " us"),
+        "",
+    ]
+
+
 def redis_binary() -> str:
     from hookline.dev import redis_server_binary
 
     return shutil.which("redis-server") or redis_server_binary()
 
 
-def measure(procs: Procs, tmp: Path, n: int, m: int) -> dict[str, Any]:
+def checkout(ref: str, where: Path) -> Path:
+    """The code of commit ``ref`` in a detached worktree at ``where`` (removed by
+    :func:`remove_checkout`)."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(where), ref],
+        check=True,
+        capture_output=True,
+    )
+    return where
+
+
+def remove_checkout(where: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+        check=False,
+        capture_output=True,
+    )
+
+
+def measure(procs: Procs, tmp: Path, n: int, m: int, baseline: str | None = None) -> dict[str, Any]:
     import common
 
     binary = redis_binary()
@@ -423,8 +502,17 @@ def measure(procs: Procs, tmp: Path, n: int, m: int) -> dict[str, Any]:
                 "allocator": memory.get("mem_allocator", "?"),
             }
         }
+        url = f"redis://127.0.0.1:{port}/0"
+        if baseline:
+            log(f"footprint: the baseline, commit {baseline}; {n:,} events")
+            code = checkout(baseline, tmp / "baseline")
+            try:
+                res["baseline"] = {"ref": baseline, **events_phase(procs, tmp, r, url, n, code)}
+            finally:
+                remove_checkout(code)
+            r.flushall()
         log(f"footprint: Redis {server['redis_version']} ({binary}); {n:,} events")
-        res["events"] = events_phase(procs, tmp, r, f"redis://127.0.0.1:{port}/0", n)
+        res["events"] = events_phase(procs, tmp, r, url, n)
         e = res["events"]
         log(
             f"  queued {e['queued_bytes']:,.0f} B/event, applied {e['applied_bytes']:,.0f}"
@@ -444,12 +532,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=5000, help="events through the pipeline")
     parser.add_argument("--claims", type=int, default=1_000_000, help="claims written")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run the events through commit REF's code first, on the same Redis",
+    )
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="hookline-footprint-"))
     procs = Procs(tmp)
     ok = False
     try:
-        res = measure(procs, tmp, args.events, args.claims)
+        res = measure(procs, tmp, args.events, args.claims, args.baseline)
         ok = True
     finally:
         procs.stop_all()

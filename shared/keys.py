@@ -96,7 +96,7 @@ def claim_generation_seconds(dedup_ttl_seconds: int) -> int:
 def claim_member(source: str, event_id: str) -> tuple[int, int]:
     """The claim's member (a signed 64-bit integer) and its bucket seed, from a 128-bit hash
     of (source, event id): 84 of its bits tell claims apart, so two events are mistaken for
-    one with a chance of ~1e-17 per event even with a billion claims held."""
+    one with a chance of ~1e-16 per event even with a billion claims held."""
     digest = hashlib.blake2b(
         source.encode("utf-8", "surrogatepass")
         + b"\x00"

@@ -11,12 +11,17 @@ What is here, and how each piece is held to RQ:
   inside its claim-and-enqueue script. ``tests/test_rqcompat.py`` holds it equal to what RQ
   writes.
 - The batch engine's bookkeeping: RQ's worker registers, runs and records one job at a time,
-  each with a few round trips. :func:`take`, :func:`start`, :func:`record_successes` and
-  :func:`record_failure` do for a whole batch, in one pipeline each, exactly what RQ's
-  ``SimpleWorker.execute_job`` / ``handle_job_success`` / ``handle_job_failure`` do for one
-  job, built from RQ's own public pieces (``Execution.create``, ``Job.prepare_for_execution``,
-  ``Result.create``, the registries). ``tests/test_rqcompat.py`` runs the same job through
-  RQ's own worker and through these and compares every key they leave, timestamps aside.
+  each with a few round trips and ~30 Redis commands. :func:`take`, :func:`fetch`,
+  :func:`start`, :func:`record_successes` and :func:`record_failure` do for a whole batch what
+  RQ's ``SimpleWorker.execute_job`` / ``handle_job_success`` / ``handle_job_failure`` do for
+  one job: the first three and a success that is not kept (``result_ttl`` 0, the default) as
+  Lua scripts writing the keys RQ's objects name (``Execution.create`` and
+  ``Job.prepare_for_execution`` set the objects up; ~8 commands per event in all, those Redis
+  takes many members at once shared by the batch), a kept success and a failure by RQ's own
+  methods in one transaction. Each script's first writes free memory (LPOP, LREM, DEL), so
+  Redis at ``maxmemory`` lets the rest through: a full Redis drains. ``tests/test_rqcompat.py``
+  runs the same job through RQ's own worker and through these and compares every key they
+  leave, timestamps aside.
 - :func:`stop_requested_for`: the one private name used, RQ's way of marking a job stopped.
 - :func:`stuck_in_intermediate` and :func:`move_due_retries`: RQ's own recovery steps, run
   sooner than RQ runs them (see ``workers.worker``).
