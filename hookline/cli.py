@@ -46,8 +46,12 @@ class CommandFailed(Exception):
 
 
 def fail(message: str, status: int) -> NoReturn:
-    """One line on stderr, then exit with ``status``."""
-    click.echo(f"hookline: {message}", err=True)
+    """One line on stderr, then exit with ``status`` (a JSON object once a command logs in
+    JSON: then every line on stderr is one)."""
+    if _log_format == "json":
+        logging.getLogger("hookline").error("%s", message)
+    else:
+        click.echo(f"hookline: {message}", err=True)
     sys.exit(status)
 
 
@@ -166,8 +170,17 @@ def _settings(config_path: str | None, *, required: bool = True) -> Settings:
     return settings
 
 
-def _logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+#: ``[logging] format`` of the running command, once its logging is set up
+_log_format = "text"
+
+
+def _logging(settings: Settings, level: int = logging.INFO) -> None:
+    """stderr in ``[logging] format`` for a long-running command (serve, worker, console)."""
+    global _log_format
+    from shared import logs
+
+    logs.configure(settings.logging.format, level)
+    _log_format = settings.logging.format
 
 
 def _echo_json(data: Any) -> None:
@@ -210,7 +223,7 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
         raise click.BadParameter("auto or a number of 1 or more", param_hint="--processes") from err
     settings = _settings(config_path)
     redisconn.check_at_start(settings.redis_url)  # a service no sentinel knows: exit 2
-    _logging()
+    _logging(settings)
     if count == 1:
         from ingest.app import run
 
@@ -251,7 +264,7 @@ def worker(
     from workers.worker import run
 
     settings = _settings(config_path)
-    _logging()
+    _logging(settings)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -679,7 +692,7 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
         )
     from console.app import run
 
-    _logging()
+    _logging(settings)
     run(settings, host, port, access_log=not quiet)
 
 

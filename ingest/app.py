@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from ingest.addresses import allowed, client_address
 from ingest.body import Reading
 from ingest.claims import Claims
 from ingest.metrics import IngestMetrics
-from shared import redisconn
+from shared import logs, redisconn, telemetry
 from shared.config import Settings, SourceSettings
 from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
@@ -54,6 +55,8 @@ METRICS = web.AppKey("metrics", IngestMetrics)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
 CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
+#: this process's traces, ``None`` when ``[telemetry] traces`` is off
+TRACING: web.AppKey[telemetry.Tracing | None] = web.AppKey("tracing")
 #: the requests whose body is being read (a stopping process answers them at once)
 READING = web.AppKey("reading", Reading)
 #: a request's body size once read, for its rejection record
@@ -73,11 +76,14 @@ TRAFFIC_FLUSH_SECONDS = 1.0
 def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
     """Build the ingress. ``redis`` may be passed in (tests); otherwise it is opened from
     ``settings.redis_url`` and closed with the app."""
+    tracing = telemetry.setup(settings, "hookline-ingress")
     app = web.Application(
         # a safety net only: the handler reads the body itself, bounded by max_body_bytes
         client_max_size=settings.ingest.max_body_bytes + 1,
-        middlewares=[_errors_middleware],
+        # traced: the request's span outermost, so it sees the answer a rejection becomes
+        middlewares=[_errors_middleware] if tracing is None else [_traced, _errors_middleware],
     )
+    app[TRACING] = tracing
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create()
     app[JOB_SPEC] = JobSpec.from_settings(settings)
@@ -188,12 +194,41 @@ async def _errors_middleware(
         return _reject(request, err)
 
 
+@web.middleware
+async def _traced(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """With traces on: a SERVER span for each webhook request (not for probes and scrapes)."""
+    tracing = _tracing(request)
+    if tracing is None or not request.path.startswith("/webhooks/"):
+        return await handler(request)
+    source = request.match_info.get("source", "")
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": "/webhooks/{source}",
+        "url.path": request.path,
+        "hookline.source": source,
+    }
+    with tracing.server(request.headers, "POST /webhooks/{source}", attributes) as span:
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR))
+        return response
+
+
+def _tracing(request: web.Request) -> telemetry.Tracing | None:
+    return request.app[TRACING]
+
+
 def _reject(request: web.Request, err: RequestRejected) -> web.Response:
     source = request.match_info.get("source", "")
     label = source if source in request.app[SETTINGS].sources else UNKNOWN
     _remember_rejection(request, label, err.status, err.code)
     # the reason only: never the headers, which may carry secrets or signatures
-    log.info("rejected %s %s: %s", label, err.status, err.code)
+    log.info("rejected %s %s: %s", label, err.status, err.code, extra={"source": label})
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
     response = _json({"error": err.code}, status=err.status, headers=headers)
     if err.close_connection:
@@ -232,7 +267,12 @@ async def receive(request: web.Request) -> web.Response:
     body = await app[READING].read(request, settings.ingest)
     request[BODY_SIZE] = len(body)
     now = time.time()
-    source.scheme.verify(request.headers, body, now)
+    tracing = _tracing(request)
+    if tracing is None:
+        source.scheme.verify(request.headers, body, now)
+    else:
+        with tracing.span("verify signature", **{"hookline.scheme": source.scheme.name}):
+            source.scheme.verify(request.headers, body, now)
     answer = source.scheme.handshake(body)
     if answer is not None:
         # the provider checking the endpoint (Slack's url_verification): no event, nothing queued
@@ -247,6 +287,8 @@ async def receive(request: web.Request) -> web.Response:
         body=body,
         remote=request.remote,
     )
+    if tracing is not None:
+        return await _traced_claim(request, envelope, tracing)
     return await _claim_and_enqueue(request, envelope)
 
 
@@ -282,7 +324,12 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         claimed = await app[CLAIMS].claim(keys_, args)
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
-        log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
+        log.warning(
+            "redis unavailable for %s: %s",
+            envelope.source,
+            type(err).__name__,
+            extra=logs.event_fields(envelope),
+        )
         return _unavailable(request, envelope.source, "unavailable")
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     result = parse_reply(claimed.reply)
@@ -291,7 +338,11 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         # replicas: not acknowledged. The provider's retry is answered once the claim is on
         # them (a duplicate), or, if this primary died first, is accepted again on the new
         # one; either way it is applied once.
-        log.warning("event of %s not replicated in time: 503", envelope.source)
+        log.warning(
+            "event of %s not replicated in time: 503",
+            envelope.source,
+            extra=logs.event_fields(envelope),
+        )
         return _unavailable(request, envelope.source, "not_replicated")
     if not result.accepted:
         metrics.source(envelope.source).duplicates.inc()
@@ -300,6 +351,19 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     metrics.source(envelope.source).accepted.inc()
     app[TRAFFIC].count(envelope.source, "accepted")
     return _json({"status": "accepted", "event_id": envelope.event_id}, status=202)
+
+
+async def _traced_claim(
+    request: web.Request, envelope: Envelope, tracing: telemetry.Tracing
+) -> web.Response:
+    """The claim and enqueue as the event's PRODUCER span, whose context the job carries."""
+    attributes = {"hookline.source": envelope.source, "hookline.event_id": envelope.event_id}
+    with tracing.producer(request.app[JOB_SPEC].queue, **attributes) as span:
+        envelope = dataclasses.replace(envelope, trace=tracing.traceparent())
+        response = await _claim_and_enqueue(request, envelope)
+        outcome = {202: "accepted", 200: "duplicate"}.get(response.status, "unavailable")
+        span.set_attribute("hookline.outcome", outcome)
+        return response
 
 
 def _unavailable(request: web.Request, source: str, reason: str) -> web.Response:
