@@ -33,7 +33,7 @@ from ingest.addresses import allowed, client_address
 from ingest.body import Reading
 from ingest.claims import Claims
 from ingest.metrics import IngestMetrics
-from shared import logs, redisconn, telemetry
+from shared import keys, logs, redisconn, telemetry, traffic
 from shared.config import Settings, SourceSettings
 from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
@@ -71,6 +71,8 @@ SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0.5}
 RETRY_AFTER_SECONDS = 5
 #: how often the traffic counts and rejections are written to Redis
 TRAFFIC_FLUSH_SECONDS = 1.0
+#: how often the queue's depth is sampled for the console's charts (a minute holds the last)
+DEPTH_SAMPLE_SECONDS = 10.0
 
 
 def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
@@ -145,9 +147,13 @@ async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
     """Write the traffic counts and rejections once a second, and a last time on the way out."""
 
     async def flush_forever() -> None:
+        sampled = 0.0
         while True:
             await asyncio.sleep(TRAFFIC_FLUSH_SECONDS)
             await _flush(app)
+            if time.monotonic() - sampled >= DEPTH_SAMPLE_SECONDS:
+                sampled = time.monotonic()
+                await _sample_depth(app)
 
     task = asyncio.create_task(flush_forever())
     yield
@@ -163,6 +169,15 @@ async def _flush(app: web.Application) -> None:
             await app[TRAFFIC].flush(app[REDIS])
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("traffic not written yet: %s", type(err).__name__)
+
+
+async def _sample_depth(app: web.Application) -> None:
+    """The queue's depth, for the console's charts."""
+    try:
+        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
+            await traffic.sample_depth(app[REDIS], keys.queue_key(app[JOB_SPEC].queue))
+    except (RedisError, OSError, TimeoutError) as err:
+        log.debug("queue depth not sampled: %s", type(err).__name__)
 
 
 async def _check_waitaof(client: aioredis.Redis) -> None:
