@@ -1,27 +1,40 @@
 """What the workers did, bucket by bucket, for the console's charts: events applied (processed
 or ignored), dead-lettered, and the lag from received to committed, read from the tables.
 
-Each is one ``GROUP BY`` over an indexed range: dead letters by ``failed_at``; applied events
-by ``received_at`` (indexed) from :data:`HORIZON` before the window, and ``processed_at`` in
-it. An event committed more than :data:`HORIZON` after it was received (a replay of an old
-event) is therefore not drawn: the price of not indexing ``processed_at`` as well, on the
-table every event writes.
+``webhook_events`` rows are inserted when their event is committed, so their ids follow
+``processed_at`` (within the seconds concurrent workers overlap): the first row of a window is
+found by a binary search on the primary key (:func:`first_row_since`, some twenty lookups),
+and the window's rows are one ``GROUP BY`` over that id range, without an index on
+``processed_at`` on the table every event writes. A replay that takes over an older event's
+row (its id from before the window) is therefore not drawn. Dead letters are counted by
+``failed_at``, which has an index.
+
+A bucket that ended more than :data:`SETTLED_SECONDS` ago no longer changes: its figures are
+kept in this process for :data:`CACHE_SECONDS`, so the console's refresh every 5 s reads only
+the last buckets again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, and_, cast, func, select
+from sqlalchemy import Connection, Engine, Float, Integer, and_, cast, func, select
 from sqlalchemy.sql import ColumnElement
 
-from shared.db import dead_letters, webhook_events
+from shared.db import as_utc, dead_letters, webhook_events
 
-#: how long before a window an applied event may have been received and still be drawn in
-#: it: well past the longest retry schedule (the default backoff adds up to about 3.6 hours)
-HORIZON = dt.timedelta(hours=24)
+#: a bucket that ended this long ago is complete: its events' transactions have committed
+#: (a batch commits within its job timeout, 60 s by default)
+SETTLED_SECONDS = 180
+#: how long a settled bucket's figures are kept before being read again (a replay's row may
+#: change them meanwhile)
+CACHE_SECONDS = 600
+#: rows of overlap the id search allows for workers committing out of order
+OVERLAP = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,25 @@ class Activity:
     lag_max: list[float | None]
 
 
+@dataclass(frozen=True)
+class _Bucket:
+    applied: int = 0
+    dead: int = 0
+    lag_mean: float | None = None
+    lag_max: float | None = None
+
+
+_lock = threading.Lock()
+#: (database URL, width, bucket start) -> (when stored, the bucket's figures)
+_cache: dict[tuple[str, int, float], tuple[float, _Bucket]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached bucket (tests; a database emptied under a running console)."""
+    with _lock:
+        _cache.clear()
+
+
 def _epoch(dialect: str, column: Any) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(func.extract("epoch", column), Float)
@@ -42,33 +74,54 @@ def _epoch(dialect: str, column: Any) -> ColumnElement[Any]:
     return (func.julianday(column) - 2440587.5) * 86400.0
 
 
-def activity(engine: Engine, starts: list[float], width: int) -> Activity:
-    """The buckets of ``width`` seconds beginning at ``starts`` (consecutive, oldest first)."""
-    count = len(starts)
-    first, end = starts[0], starts[-1] + width
-    since = dt.datetime.fromtimestamp(first, dt.UTC)
-    until = dt.datetime.fromtimestamp(end, dt.UTC)
-    applied, dead = [0] * count, [0] * count
-    lag_mean: list[float | None] = [None] * count
-    lag_max: list[float | None] = [None] * count
-    dialect = engine.dialect.name
+def first_row_since(conn: Connection, when: dt.datetime) -> int | None:
+    """The id from which ``webhook_events`` rows were committed at or after ``when`` (a
+    binary search on the primary key, ids following commit order); ``None``: no such row."""
     ev = webhook_events.c
-    done_at = _epoch(dialect, ev.processed_at)
-    bucket = cast(func.floor((done_at - first) / width), Integer).label("bucket")
-    lag = done_at - _epoch(dialect, ev.received_at)
-    applied_q = (
-        select(bucket, func.count(), func.avg(lag), func.max(lag))
-        .where(
-            and_(
-                ev.received_at >= since - HORIZON,
-                ev.received_at < until,
-                ev.processed_at >= since,
-                ev.processed_at < until,
-                ev.status.in_(("processed", "ignored")),
+    top = conn.execute(select(func.max(ev.id))).scalar()
+    if top is None:
+        return None
+    lo, hi = 1, int(top) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            select(ev.id, ev.processed_at).where(ev.id >= mid).order_by(ev.id).limit(1)
+        ).first()
+        if row is None or as_utc(row.processed_at) >= when:
+            hi = mid
+        else:
+            lo = int(row.id) + 1
+    return lo if lo <= int(top) else None
+
+
+def _read(conn: Connection, first: float, width: int, count: int) -> list[_Bucket]:
+    """The buckets from ``first``, read from the tables."""
+    dialect = conn.dialect.name
+    since = dt.datetime.fromtimestamp(first, dt.UTC)
+    until = dt.datetime.fromtimestamp(first + width * count, dt.UTC)
+    found: dict[int, dict[str, Any]] = {}
+    start_id = first_row_since(conn, since - OVERLAP)
+    ev = webhook_events.c
+    if start_id is not None:
+        done_at = _epoch(dialect, ev.processed_at)
+        bucket = cast(func.floor((done_at - first) / width), Integer).label("bucket")
+        lag = done_at - _epoch(dialect, ev.received_at)
+        query = (
+            select(bucket, func.count(), func.avg(lag), func.max(lag))
+            .where(
+                and_(
+                    ev.id >= start_id,
+                    ev.processed_at >= since,
+                    ev.processed_at < until,
+                    ev.status.in_(("processed", "ignored")),
+                )
             )
+            .group_by(bucket)
         )
-        .group_by(bucket)
-    )
+        for i, n, mean, most in conn.execute(query):
+            found.setdefault(int(i), {}).update(
+                applied=int(n), lag_mean=max(0.0, float(mean)), lag_max=max(0.0, float(most))
+            )
     dl = dead_letters.c
     dead_bucket = cast(func.floor((_epoch(dialect, dl.failed_at) - first) / width), Integer).label(
         "bucket"
@@ -78,13 +131,34 @@ def activity(engine: Engine, starts: list[float], width: int) -> Activity:
         .where(and_(dl.failed_at >= since, dl.failed_at < until))
         .group_by(dead_bucket)
     )
-    with engine.connect() as conn:
-        for i, n, mean, most in conn.execute(applied_q):
-            if i is not None and 0 <= i < count:
-                applied[i] = int(n)
-                lag_mean[i] = max(0.0, float(mean))
-                lag_max[i] = max(0.0, float(most))
-        for i, n in conn.execute(dead_q):
-            if i is not None and 0 <= i < count:
-                dead[i] = int(n)
-    return Activity(applied, dead, lag_mean, lag_max)
+    for i, n in conn.execute(dead_q):
+        found.setdefault(int(i), {})["dead"] = int(n)
+    return [_Bucket(**found.get(i, {})) for i in range(count)]
+
+
+def activity(engine: Engine, starts: list[float], width: int) -> Activity:
+    """The buckets of ``width`` seconds beginning at ``starts`` (consecutive, oldest first):
+    the settled ones from this process's cache where it has them, the rest from the tables."""
+    now = time.time()
+    url = str(engine.url)
+    with _lock:
+        for key in [k for k, (at, _) in _cache.items() if now - at > CACHE_SECONDS]:
+            del _cache[key]
+        cached = [_cache.get((url, width, start)) for start in starts]
+    # read from the first bucket not cached on (one range; usually the last few)
+    missing = next((i for i, c in enumerate(cached) if c is None), len(starts))
+    buckets = [c[1] for c in cached[:missing] if c is not None]
+    if missing < len(starts):
+        with engine.connect() as conn:
+            fresh = _read(conn, starts[missing], width, len(starts) - missing)
+        buckets += fresh
+        with _lock:
+            for start, bucket in zip(starts[missing:], fresh, strict=True):
+                if start + width <= now - SETTLED_SECONDS:
+                    _cache[(url, width, start)] = (now, bucket)
+    return Activity(
+        applied=[b.applied for b in buckets],
+        dead=[b.dead for b in buckets],
+        lag_mean=[b.lag_mean for b in buckets],
+        lag_max=[b.lag_max for b in buckets],
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import insert
 
 from console.charts import LOOKS, Chart, Line, nice_ceiling, svg
 from hookline.ops import Operations
-from shared import keys, traffic
+from shared import activity, keys, traffic
 from shared.config import Settings
 from shared.db import dead_letters, make_engine, webhook_events
 from shared.traffic import Rejection, Traffic
@@ -30,6 +30,12 @@ settings = test_console.settings
 client = test_console.client
 
 HOUR = [1_800_000_000.0 + 60 * i for i in range(60)]
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_buckets() -> None:
+    """Buckets another test's database filled are not this one's."""
+    activity.clear_cache()
 
 
 def test_each_line_differs_from_the_others_in_dash_and_marker_not_only_colour() -> None:
@@ -233,3 +239,33 @@ async def test_a_running_ingress_samples_the_queue_depth(
         minute = traffic.stats_key(int(time.time() // 60))
     # Then it has written the depth for the console's charts
     assert redis_client.hget(minute, traffic.DEPTH_FIELD) == b"3"
+
+
+def test_settled_buckets_are_read_once_and_the_last_ones_every_time(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Given the console has drawn the last hour once
+    minute = int(time.time() // 60) * 60
+    with Operations(settings) as ops:
+        ops.activity("hour")
+    # When events are committed into a bucket 30 minutes old (settled: a replay's row, say)
+    # and into the current one
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(webhook_events),
+            [
+                _row("moncash", "old", minute - 1800 + 1, minute - 1800 + 2, "processed"),
+                _row("moncash", "new", time.time() - 2, time.time() - 1, "processed"),
+            ],
+        )
+    engine.dispose()
+    with Operations(settings) as ops:
+        again = ops.activity("hour")
+    # Then the current bucket is read again, the settled one comes from the cache
+    settled = again["starts"].index(minute - 1800)
+    assert sum(again["applied"][-2:]) == 1 and again["applied"][settled] == 0
+    activity.clear_cache()
+    with Operations(settings) as ops:
+        fresh = ops.activity("hour")
+    assert fresh["applied"][fresh["starts"].index(minute - 1800)] == 1
