@@ -29,7 +29,7 @@ from console.queries import (
     path_id,
 )
 from console.templating import segment
-from hookline.ops import ACTIVITY_SPANS, body_for_humans
+from hookline.ops import body_for_humans
 from shared.eventlog import STATUSES, Page
 
 STATIC = Path(__file__).parent / "static"
@@ -177,9 +177,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def overview(request: web.Request) -> web.Response:
-    span = request.query.get("span", "hour")
-    if span not in ACTIVITY_SPANS:
-        raise web.HTTPBadRequest(text=f"span: {span[:20]!r} is not hour or day")
+    span = queries.parse_span(request.query)
     status, activity = await asyncio.gather(
         asyncio.to_thread(ops(request).status, details=True),
         asyncio.to_thread(ops(request).activity, span),

@@ -219,7 +219,27 @@ async def test_the_overview_draws_the_charts_of_the_span_asked(
     assert '<a href="/?span=hour" aria-current="page">' in hour
     # and a span it does not know is refused
     wrong = await client.get("/?span=week")
-    assert wrong.status == 400 and "span" in await wrong.text()
+    assert wrong.status == 400 and "span: &#39;week&#39; is not hour or day" in await wrong.text()
+
+
+async def test_the_api_gives_the_charts_numbers(client: TestClient, redis_url: str) -> None:
+    counts = Traffic()
+    counts.count("moncash", "accepted")
+    aclient = aioredis.Redis.from_url(redis_url)
+    try:
+        await counts.flush(aclient)
+    finally:
+        await aclient.aclose()
+    bearer = {"Authorization": f"Bearer {test_console.TOKEN}"}
+    day = await (await client.get("/api/activity?span=day", headers=bearer)).json()
+    assert day["bucket_seconds"] == 300 and len(day["applied"]) == 288
+    assert sum(day["sources"]["moncash"]["accepted"]) == 1
+    hour = await (await client.get("/api/activity", headers=bearer)).json()
+    assert hour["span"] == "hour" and len(hour["queue_depth"]) == 60
+    wrong = await client.get("/api/activity?span=week", headers=bearer)
+    assert wrong.status == 400
+    assert (await wrong.json())["message"] == "span: 'week' is not hour or day"
+    assert (await client.get("/api/activity")).status == 401
 
 
 async def test_a_running_ingress_samples_the_queue_depth(
