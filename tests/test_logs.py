@@ -173,7 +173,7 @@ def test_serve_and_worker_write_only_json_to_stderr_with_the_trace_of_each_event
     loggers = {d["logger"] for d in ingress_lines + worker_lines}
     assert {"aiohttp.access", "hookline.ingest", "rq.worker", "hookline.worker"} <= loggers
     [rejected] = [d for d in ingress_lines if d["message"].startswith("rejected")]
-    assert rejected["source"] == "moncash"
+    assert rejected["source"] == "moncash" and len(rejected["trace_id"]) == 32
     # the applied event's line names it, its job and its trace
     [applied] = [d for d in worker_lines if d["message"].startswith("event moncash/")]
     assert applied["source"] == "moncash" and applied["event_id"] in applied["message"]
@@ -223,3 +223,54 @@ def test_traces_without_the_otel_packages_stop_the_command_naming_the_extra(
         "hookline: configuration error: [telemetry] traces = true needs the OpenTelemetry"
         " packages (opentelemetry.trace is not installed): pip install 'hookline[otel]'"
     ]
+
+
+@pytest.mark.slow
+def test_serve_with_processes_writes_gunicorn_lines_in_json_too(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Given serve --processes 2 logging JSON
+    config = _config(tmp_path, redis_url, '[logging]\nformat = "json"\n')
+    settings = load_settings(config)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    err = tmp_path / "serve.err"
+    body, headers, _ = signed(settings, "moncash", n=2)
+    with processes() as procs, err.open("wb") as stderr:
+        serve = subprocess.Popen(
+            hookline("serve", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"),
+            env=env_for(HOOKLINE_CONFIG=str(config)),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
+        procs.procs.append(serve)
+        wait_until(lambda: http_ok(f"{base}/readyz"), 30, "the ingress being ready")
+        # When it answers a request and is stopped
+        assert post(f"{base}/webhooks/moncash", body, headers)[0] == 202
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    # Then the arbiter's lines, the processes' and the access log are all JSON objects
+    lines = _json_lines(err.read_text(), "serve --processes 2")
+    loggers = {d["logger"] for d in lines}
+    assert {"gunicorn.error", "aiohttp.access"} <= loggers
+
+
+def test_a_failure_after_logging_started_is_one_json_line(tmp_path: Path, redis_url: str) -> None:
+    # Given a port something already listens on, and serve logging JSON
+    config = _config(tmp_path, redis_url, '[logging]\nformat = "json"\n')
+    with __import__("socket").socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        status, lines = _refused(
+            hookline("serve", "--host", "127.0.0.1", "--port", str(port)),
+            env_for(HOOKLINE_CONFIG=str(config)),
+        )
+    # Then it stops with exit status 2 and its one line is a JSON object naming the cause
+    assert status == 2
+    [doc] = _json_lines("\n".join(lines), "serve on a port in use")
+    assert doc["level"] == "error" and doc["logger"] == "hookline"
+    assert doc["message"].endswith("address already in use: pass another port")
