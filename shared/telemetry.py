@@ -185,8 +185,10 @@ class Tracing:
         self, queue: str, runs: Sequence[tuple[Envelope, str, int]]
     ) -> Iterator[list[Span]]:
         """A CONSUMER span per event being applied (``(envelope, job id, attempt)``), each a
-        child of the span that queued it; ended together when the block ends (an exception
-        is recorded on each, and the block re-raises it)."""
+        child of the span that queued it; ended together when the block ends. An exception is
+        recorded as the span's error for one event; for a batch it only says the batch was
+        rolled back (the culprit is unknown here: each event runs again in a span of its own,
+        where its own error is recorded)."""
         spans = []
         for envelope, job_id, attempt in runs:
             parent = self._propagator.extract({"traceparent": envelope.trace or ""})
@@ -214,7 +216,13 @@ class Tracing:
             yield spans
         except BaseException as err:
             for span in spans:
-                _record_error(span, err)
+                if len(spans) == 1:
+                    _record_error(span, err)
+                else:  # one event's failure: each is applied again on its own, in new spans
+                    span.add_event(
+                        "batch rolled back, applied one by one",
+                        {"exception.type": type(err).__name__},
+                    )
             raise
         finally:
             _consumers.reset(token)

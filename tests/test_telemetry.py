@@ -143,6 +143,35 @@ async def test_a_batch_gives_each_event_its_own_trace(
         assert _parent_of(commit, done) in consumers
 
 
+async def test_a_batch_that_falls_back_blames_only_the_failing_event(
+    aiohttp_client: Any,
+    settings: Settings,
+    redis_client: redis.Redis,
+    spans: InMemorySpanExporter,
+    tmp_path: Path,
+) -> None:
+    # Given a good event and one whose handler fails (once in the batch, once alone)
+    (tmp_path / "fail_f-2").write_text("2")
+    client = await aiohttp_client(create_app(settings))
+    good, good_headers, _ = signed(settings, "moncash", n=5)
+    bad, bad_headers, _ = signed(settings, "flaky", body=b'{"id": "f-2", "type": "x"}')
+    assert (await client.post("/webhooks/moncash", data=good, headers=good_headers)).status == 202
+    assert (await client.post("/webhooks/flaky", data=bad, headers=bad_headers)).status == 202
+    # When a worker takes both in one batch
+    runtime.configure(settings)
+    run_worker(redis_client, settings)
+    # Then the batch's spans say it was rolled back, without an error; the failing event's
+    # own attempt carries the error, and the good event's own run succeeded
+    consumers = _named(list(spans.get_finished_spans()), "process hookline")
+    batch = [c for c in consumers if c.attributes and c.attributes["hookline.batch_size"] == 2]
+    assert len(batch) == 2 and all(c.status.is_unset for c in batch)
+    assert all(e.name == "batch rolled back, applied one by one" for c in batch for e in c.events)
+    alone = [c for c in consumers if c.attributes and c.attributes["hookline.batch_size"] == 1]
+    by_source = {(c.attributes or {})["hookline.source"]: c for c in alone if not c.status.is_ok}
+    assert list(by_source) == ["flaky"]
+    assert any(e.name == "exception" for e in by_source["flaky"].events)
+
+
 async def test_an_incoming_traceparent_is_honoured_and_carried_in_the_job(
     aiohttp_client: Any,
     settings: Settings,
