@@ -444,9 +444,11 @@ def phase_traces(b: Bench) -> dict[str, Any]:
     estimate = warm_up(b, urls)
     bare_rounds: list[dict[str, Any]] = []
     rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for i in range(b.plan.rounds):
+    # two rounds at least (off then on, then on then off): the difference is the figure here
+    for i in range(max(2, b.plan.rounds)):
         bare_rounds.append(bare_round(b, bare, bare_port))
-        for name, (proc, port) in servers.items():
+        for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            proc, port = servers[name]
             rounds[name].append(hookline_round(b, proc, port, estimate))
         log(
             f"  round {i + 1}: bare {bare_rounds[-1]['rps']:,.0f} req/s, traces off"

@@ -183,6 +183,14 @@ def _logging(settings: Settings, level: int = logging.INFO) -> None:
     _log_format = settings.logging.format
 
 
+def _check_traces(settings: Settings) -> None:
+    """With traces on, every exporter ``OTEL_TRACES_EXPORTER`` names is installed (checked
+    before ``serve --processes`` forks: each process sets up its own)."""
+    from shared import telemetry
+
+    telemetry.check(settings)
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -223,6 +231,7 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
         raise click.BadParameter("auto or a number of 1 or more", param_hint="--processes") from err
     settings = _settings(config_path)
     redisconn.check_at_start(settings.redis_url)  # a service no sentinel knows: exit 2
+    _check_traces(settings)
     _logging(settings)
     if count == 1:
         from ingest.app import run
@@ -264,6 +273,7 @@ def worker(
     from workers.worker import run
 
     settings = _settings(config_path)
+    _check_traces(settings)
     _logging(settings)
     if metrics_port:
         from prometheus_client import start_http_server

@@ -101,7 +101,16 @@ def exporter_names(environ: Mapping[str, str] | None = None) -> list[str]:
     return out
 
 
-def _exporter(name: str) -> SpanExporter:
+def check(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """With traces on, the exporters ``OTEL_TRACES_EXPORTER`` names must be installed: a
+    ``ConfigError`` naming the one missing, before any process starts (``serve --processes``
+    sets up traces in each process it forks)."""
+    if settings.telemetry.traces:
+        for name in exporter_names(environ):
+            _entry_point(name)
+
+
+def _entry_point(name: str) -> Any:
     found = entry_points(group=_EXPORTER_GROUP, name=name)
     if not found:
         package = {
@@ -109,7 +118,11 @@ def _exporter(name: str) -> SpanExporter:
             "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
         }.get(name, f"a package providing the {name!r} trace exporter")
         raise ConfigError(f"OTEL_TRACES_EXPORTER: the {name!r} exporter needs {package}")
-    exporter: SpanExporter = next(iter(found)).load()()
+    return next(iter(found))
+
+
+def _exporter(name: str) -> SpanExporter:
+    exporter: SpanExporter = _entry_point(name).load()()
     return exporter
 
 

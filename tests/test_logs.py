@@ -274,3 +274,17 @@ def test_a_failure_after_logging_started_is_one_json_line(tmp_path: Path, redis_
     [doc] = _json_lines("\n".join(lines), "serve on a port in use")
     assert doc["level"] == "error" and doc["logger"] == "hookline"
     assert doc["message"].endswith("address already in use: pass another port")
+
+
+def test_an_exporter_that_is_not_installed_stops_serve_before_it_forks(
+    tmp_path: Path, redis_url: str
+) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is part of .[dev]")
+    config = _config(tmp_path, redis_url, "[telemetry]\ntraces = true\n")
+    env = env_for(HOOKLINE_CONFIG=str(config), OTEL_TRACES_EXPORTER="zipkin")
+    status, lines = _refused(hookline("serve", "--port", "1", "--processes", "2"), env)
+    assert status == 2
+    assert lines == [
+        "hookline: configuration error: OTEL_TRACES_EXPORTER: the 'zipkin' exporter needs a"
+        " package providing the 'zipkin' trace exporter"
+    ]
