@@ -50,7 +50,10 @@ WEBHOOK_PATH = f"/webhooks/{SOURCE}"
 
 
 def config_toml(
-    redis_url: str, ingest: dict[str, Any] | None = None, archive: dict[str, Any] | None = None
+    redis_url: str,
+    ingest: dict[str, Any] | None = None,
+    archive: dict[str, Any] | None = None,
+    telemetry: dict[str, Any] | None = None,
 ) -> str:
     """The benchmark's configuration: one ``moncash`` source, the bench's Redis and database,
     and the given ``[ingest]`` / ``[archive]`` keys (the defaults otherwise)."""
@@ -65,7 +68,7 @@ def config_toml(
 redis_url = "{redis_url}"
 database_url = "{DATABASE_URL}"
 queue = "{QUEUE}"
-{table("ingest", ingest)}{table("archive", archive)}
+{table("ingest", ingest)}{table("archive", archive)}{table("telemetry", telemetry)}
 [sources.{SOURCE}]
 scheme = "moncash"
 secrets = ["{SECRET}"]
@@ -296,11 +299,17 @@ class Procs:
         self.procs: list[Proc] = []
 
     def start(
-        self, name: str, argv: list[str], cwd: Path | None = None, code_root: Path = ROOT
+        self,
+        name: str,
+        argv: list[str],
+        cwd: Path | None = None,
+        code_root: Path = ROOT,
+        **env: str,
     ) -> Proc:
-        """Start ``argv`` (``code_root``: the hookline code it runs, this checkout's else)."""
+        """``argv`` in a process group of its own, ``env`` added to its environment
+        (``code_root``: the hookline code it runs, this checkout's else)."""
         log = self.log_dir / f"{name}.log"
-        proc = Proc(name, start_in_group(argv, env_for(code_root), log, cwd), log)
+        proc = Proc(name, start_in_group(argv, env_for(code_root, **env), log, cwd), log)
         self.procs.append(proc)
         return proc
 

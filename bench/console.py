@@ -7,8 +7,11 @@ login on: p50, p95 (nearest rank, ``tests.processes.percentile``) and max per qu
     .venv/bin/python bench/console.py [--events 1000000] [--requests 200] [--keep] [--reuse]
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379 (the
-console's status reads it; nothing is written there). The database is created, and dropped at
-the end unless ``--keep`` (then ``--reuse`` measures it again without seeding).
+console's status reads it; the overview's charts read the ingress's per-minute and 5-minute
+counts, written for the last day into database 11 as a busy ingress would, and deleted at the
+end). The database is created, and dropped at the end unless ``--keep`` (then ``--reuse``
+measures it again without seeding). ``--only TEXT`` measures only the queries whose name holds
+TEXT (``--only overview``: the overview with its charts).
 """
 
 from __future__ import annotations
@@ -360,7 +363,55 @@ def scenarios(conninfo: str, rng: random.Random) -> list[tuple[str, Callable[[in
             ("a dead letter", lambda i: f"{prefix}/dead-letters/{dead[i % len(dead)]}"),
         ]
 
-    return [(f"page: {n}", f) for n, f in page("")] + [(f"API: {n}", f) for n, f in page("/api")]
+    overview = [
+        ("page: overview, charts of the last hour", lambda i: "/"),
+        ("page: overview, charts of the last day", lambda i: "/?span=day"),
+    ]
+    return (
+        overview
+        + [(f"page: {n}", f) for n, f in page("")]
+        + [(f"API: {n}", f) for n, f in page("/api")]
+    )
+
+
+def seed_traffic() -> None:
+    """The ingress's counts for the last day, as its flushes write them: every source's
+    accepted, duplicates and two rejection reasons in every minute (the last two hours) and
+    5-minute bucket, and the queue's depth."""
+    import redis
+
+    from shared import traffic
+
+    client = redis.Redis.from_url(REDIS_URL)
+    now = time.time()
+    rng = random.Random(11)
+    kinds = ("accepted", "duplicate", "rejected:invalid_signature", "rejected:stale_timestamp")
+    with client.pipeline(transaction=False) as pipe:
+        buckets = [(traffic.stats_key(int(now // 60) - m), 60) for m in range(120)] + [
+            (traffic.coarse_key(int(now // traffic.COARSE_SECONDS) - b), traffic.COARSE_SECONDS)
+            for b in range(288)
+        ]
+        for key, width in buckets:
+            fields: dict[str, int] = {
+                f"{s}\t{k}": rng.randrange(width) for s in SOURCES for k in kinds
+            }
+            fields[traffic.DEPTH_FIELD] = rng.randrange(100)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(key, traffic.COARSE_TTL_SECONDS)
+        pipe.execute()
+    client.close()
+
+
+def drop_traffic() -> None:
+    import redis
+
+    from shared import keys
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for pattern in (keys.STATS, keys.STATS_COARSE):
+        for key in client.scan_iter(match=pattern + "*", count=1000):
+            client.delete(key)
+    client.close()
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -403,6 +454,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     parser.add_argument("--reuse", action="store_true", help="measure a kept database again")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--only", default="", help="only the queries whose name holds this")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     conninfo = create_database(args.reuse)
@@ -416,15 +468,17 @@ def main() -> int:
                 f" {seeded.ignored:,} ignored, {seeded.bodies:,} bodies) in {seeded.seconds:.0f} s",
                 flush=True,
             )
-        results = run_console(conninfo, args.requests, rng)
+        seed_traffic()
+        results = run_console(conninfo, args.requests, rng, args.only)
     finally:
+        drop_traffic()
         if not args.keep:
             drop_database()
     print_table(results, args)
     return 0 if all(r.p(95) <= TARGET_P95_MS for r in results) else 1
 
 
-def run_console(conninfo: str, requests: int, rng: random.Random) -> list[Result]:
+def run_console(conninfo: str, requests: int, rng: random.Random, only: str = "") -> list[Result]:
     folder = Path(tempfile.mkdtemp(prefix="hookline-console-bench-"))
     config = folder / "hookline.toml"
     config.write_text(config_toml())
@@ -440,6 +494,8 @@ def run_console(conninfo: str, requests: int, rng: random.Random) -> list[Result
         client.login()
         results = []
         for name, make in scenarios(conninfo, rng):
+            if only not in name:
+                continue
             result = measure(client, name, _cycle(make), requests, name.startswith("API"))
             print(
                 f"{name:<45} p50 {result.p(50):6.1f}  p95 {result.p(95):6.1f}"

@@ -164,6 +164,7 @@ class Bench:
             "default": {},
             "no_access_log": {"ingest": {"access_log": False}},
             "no_archive": {"archive": {"retention_days": 0}},
+            "traces": {"telemetry": {"traces": True}},
             "ack1": {
                 "ingest": {"ack_replicas": 1, "ack_replicas_timeout_ms": self.plan.ack_timeout_ms}
             },
@@ -234,12 +235,14 @@ def accepted_counter(port: int) -> int:
     return int(total)
 
 
-def start_ingress(b: Bench, name: str, cfg: Path, processes: int = 1) -> tuple[Proc, int]:
+def start_ingress(
+    b: Bench, name: str, cfg: Path, processes: int = 1, **env: str
+) -> tuple[Proc, int]:
     port = free_port()
     argv = hookline("serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port))
     if processes != 1:
         argv += ["--processes", str(processes)]
-    proc = b.procs.start(name, argv)
+    proc = b.procs.start(name, argv, **env)
     wait_http(proc, f"http://127.0.0.1:{port}/healthz")
     if processes > 1:
         # the arbiter and every one of its workers up
@@ -411,6 +414,69 @@ def phase_ingress(b: Bench) -> dict[str, Any]:
         }
         hook.stop()
         bare.stop()
+    return out
+
+
+# -- 1b: traces off and on -----------------------------------------------------------------------
+
+
+def phase_traces(b: Bench) -> dict[str, Any]:
+    """The ingress with ``[telemetry] traces`` off (the default) and on, its spans sent over
+    OTLP/HTTP to a local stand-in collector, each against the bare app, rounds alternating."""
+    log("ingress: traces off and on (OTLP over HTTP to a local sink), against the bare app")
+    sink_port = free_port()
+    sink = b.procs.start(
+        "otlp_sink", [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(sink_port)]
+    )
+    wait_http(sink, f"http://127.0.0.1:{sink_port}/healthz")
+    bare, bare_port = start_bare(b, "bare_traces", True)
+    servers = {
+        "off": start_ingress(b, "ingress_traces_off", b.configs["default"]),
+        "on": start_ingress(
+            b,
+            "ingress_traces_on",
+            b.configs["traces"],
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
+            OTEL_SERVICE_NAME="hookline-bench",
+        ),
+    }
+    urls = [f"http://127.0.0.1:{bare_port}{WEBHOOK_PATH}"] + [
+        f"http://127.0.0.1:{port}{WEBHOOK_PATH}" for _, port in servers.values()
+    ]
+    estimate = warm_up(b, urls)
+    bare_rounds: list[dict[str, Any]] = []
+    rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    # two rounds at least (off then on, then on then off): the difference is the figure here
+    for i in range(max(2, b.plan.rounds)):
+        bare_rounds.append(bare_round(b, bare, bare_port))
+        for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            proc, port = servers[name]
+            rounds[name].append(hookline_round(b, proc, port, estimate))
+        log(
+            f"  round {i + 1}: bare {bare_rounds[-1]['rps']:,.0f} req/s, traces off"
+            f" {rounds['off'][-1]['accepted_per_s']:,.0f}, on"
+            f" {rounds['on'][-1]['accepted_per_s']:,.0f} accepted/s"
+        )
+    time.sleep(1.0)  # the last spans' batch is sent (every 0.5 s when full, else 5 s)
+    with urllib.request.urlopen(f"http://127.0.0.1:{sink_port}/count", timeout=5) as resp:
+        sent = json.loads(resp.read())
+    top_bare = best(bare_rounds, "rps")
+    out: dict[str, Any] = {"bare_rps": top_bare["rps"], "otlp_received": sent}
+    for name, (proc, _port) in servers.items():
+        summary = rounds_summary(rounds[name])
+        out[f"traces_{name}"] = {
+            **summary,
+            "ratio": summary["accepted_per_s"] / top_bare["rps"],
+            "rounds": rounds[name],
+        }
+        proc.stop()
+    out["on_vs_off"] = out["traces_on"]["accepted_per_s"] / out["traces_off"]["accepted_per_s"]
+    out["cpu_on_vs_off"] = (
+        out["traces_on"]["cpu_us_per_event"] / out["traces_off"]["cpu_us_per_event"]
+    )
+    bare.stop()
+    sink.stop()
     return out
 
 
@@ -963,6 +1029,25 @@ def report(res: dict[str, Any]) -> list[str]:
         "exact",
         c["accepted_equals_queued"],
     )
+    tr = res["traces"]
+    head("1b. TRACES ([telemetry] traces, spans over OTLP/HTTP to a local sink; access log on)")
+    for name in ("off", "on"):
+        x = tr[f"traces_{name}"]
+        row(
+            f"traces {name.upper()}: hookline / bare",
+            f"{x['accepted_per_s']:,.0f} / {tr['bare_rps']:,.0f} /s = {100 * x['ratio']:.1f} %,"
+            f" {x['cpu_us_per_event']:.0f} us CPU/event",
+        )
+    row(
+        "traces ON / OFF: events/s, CPU per event",
+        f"{100 * tr['on_vs_off']:.1f} %, {100 * tr['cpu_on_vs_off']:.1f} %"
+        f" ({tr['otlp_received']['requests']} OTLP requests,"
+        f" {tr['otlp_received']['bytes']:,} bytes received)",
+    )
+    row(
+        "traces OFF here / phase 1's ingress (events/s ratio to bare)",
+        f"{100 * tr['traces_off']['ratio']:.1f} % / {100 * on['ratio']:.1f} %",
+    )
     head("2. INGRESS PROCESSES (serve --processes N, access log on, same wrk)")
     p1, p2 = procs["processes_1"], procs["processes_2"]
     for n, x in ((1, p1), (2, p2)):
@@ -1192,6 +1277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"database {DATABASE_URL} and a Redis of our own ({b.redis_url}) ready; logs in {tmp}")
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("ingress", lambda: phase_ingress(b)),
+            ("traces", lambda: phase_traces(b)),
             ("processes", lambda: phase_processes(b)),
             ("ack", lambda: phase_ack(b)),
             ("workers", lambda: phase_workers(b)),

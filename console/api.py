@@ -34,6 +34,7 @@ MAX_IDS = 10_000
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/status", status)
+    r.add_get("/api/activity", activity)
     r.add_get("/api/events", events)
     r.add_get("/api/events/{source}/{event_id}", event)
     r.add_get("/api/events/{source}/{event_id}/body", event_body)
@@ -65,6 +66,12 @@ def answer(data: Any, status: int = 200) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     return answer(await asyncio.to_thread(ops(request).status, details=True))
+
+
+async def activity(request: web.Request) -> web.Response:
+    queries.check_known(request.query, ("span",))
+    span = queries.parse_span(request.query)
+    return answer(await asyncio.to_thread(ops(request).activity, span))
 
 
 async def events(request: web.Request) -> web.Response:

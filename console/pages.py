@@ -12,9 +12,11 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from console import queries
 from console.auth import LOGIN_COOKIE, SESSION_COOKIE, same_secret
+from console.charts import Chart, Line, svg
 from console.context import JOBS, SESSION, SESSIONS, SETTINGS, THROTTLE, ops, remote, token
 from console.queries import (
     DEAD_LETTER_FILTERS,
@@ -175,10 +177,59 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def overview(request: web.Request) -> web.Response:
-    status = await asyncio.to_thread(ops(request).status, details=True)
-    return render(
-        request, "overview.html", {"status": status}, nav="overview", refresh=OVERVIEW_REFRESH
+    span = queries.parse_span(request.query)
+    status, activity = await asyncio.gather(
+        asyncio.to_thread(ops(request).status, details=True),
+        asyncio.to_thread(ops(request).activity, span),
     )
+    context = {"status": status, "span": span, "charts": overview_charts(activity)}
+    return render(request, "overview.html", context, nav="overview", refresh=OVERVIEW_REFRESH)
+
+
+def overview_charts(data: dict[str, Any]) -> dict[str, list[tuple[str, Markup]]]:
+    """The overview's charts of :meth:`~hookline.ops.Operations.activity`'s answer, by
+    section: each source's requests, the workers, the queue."""
+    starts, width = data["starts"], data["bucket_seconds"]
+    per = "per minute" if width == 60 else f"per {width // 60} minutes"
+
+    def chart(cid: str, title: str, unit: str, *lines: Line) -> tuple[str, Markup]:
+        return title, svg(Chart(cid, title, unit, starts, width, lines))
+
+    return {
+        "sources": [
+            chart(
+                f"chart-source-{i}",
+                f"{source}: requests {per}",
+                per,
+                Line("accepted", counts["accepted"]),
+                Line("duplicates", counts["duplicate"]),
+                Line("rejected", counts["rejected"]),
+            )
+            for i, (source, counts) in enumerate(data["sources"].items())
+        ],
+        "workers": [
+            chart(
+                "chart-workers",
+                f"Events applied and dead-lettered {per}",
+                per,
+                Line("applied", data["applied"]),
+                Line("dead-lettered", data["dead_lettered"]),
+            ),
+            chart(
+                "chart-lag",
+                "Lag from received to committed, seconds",
+                "seconds",
+                Line("mean lag", data["lag_mean_seconds"]),
+                Line("max lag", data["lag_max_seconds"]),
+            ),
+            chart(
+                "chart-depth",
+                "Queue depth (sampled by the ingress)",
+                "events",
+                Line("queued", data["queue_depth"]),
+            ),
+        ],
+    }
 
 
 # -- events ------------------------------------------------------------------------------------

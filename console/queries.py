@@ -202,3 +202,13 @@ async def rejections(ops: Operations, query: Mapping[str, str]) -> list[Rejectio
     if reason:
         found = [r for r in found if r.reason == reason]
     return found[:limit]
+
+
+def parse_span(query: Mapping[str, str]) -> str:
+    """The charts' ``span`` (``hour``, the default, or ``day``)."""
+    from hookline.ops import ACTIVITY_SPANS
+
+    span = query.get("span") or "hour"
+    if span not in ACTIVITY_SPANS:
+        raise BadInput(f"span: {span[:20]!r} is not hour or day")
+    return span

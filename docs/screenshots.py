@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import json
+import random
 import sys
 import tempfile
 import time
@@ -31,7 +33,16 @@ from hookline.dev import redis_server_binary  # noqa: E402
 from shared.config import Settings, settings_from_mapping  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.rqcompat import JobSerializer  # noqa: E402
-from shared.traffic import Rejection, Traffic  # noqa: E402
+from shared.traffic import (  # noqa: E402
+    COARSE_SECONDS,
+    COARSE_TTL_SECONDS,
+    DEPTH_FIELD,
+    STATS_TTL_SECONDS,
+    Rejection,
+    Traffic,
+    coarse_key,
+    stats_key,
+)
 from tests import browser  # noqa: E402
 from tests.helpers import SOURCES  # noqa: E402
 from tests.processes import (  # noqa: E402
@@ -112,16 +123,31 @@ def seed(client: redis.Redis, settings: Settings, redis_url: str) -> None:
         }
         deliver(client, settings, "shop", body=json.dumps(order, indent=1).encode())
     run_worker(client, settings)
+    spread_over_the_last_hour(settings)
     # three events waiting for a worker, and the ingress's last hour
     for i in range(3):
         deliver(client, settings, "moncash", n=500 + i)
     traffic = Traffic()
     now = time.time()
-    for source, accepted, duplicates in (("moncash", 15, 2), ("nowallet", 6, 1), ("shop", 7, 0)):
-        for _ in range(accepted):
-            traffic.count(source, "accepted", now)
-        for _ in range(duplicates):
-            traffic.count(source, "duplicate", now)
+    rng = random.Random(18)
+    for minute in range(60 * 24):  # a day of traffic, busier in the last hours
+        at = now - 60 * minute
+        busy = 1 + 3 * (minute < 240) + 2 * (minute % 180 < 40)
+        for source, accepted, duplicates in (("moncash", 3, 1), ("nowallet", 2, 1), ("shop", 1, 0)):
+            for _ in range(rng.randint(0, accepted * busy)):
+                traffic.count(source, "accepted", at)
+            for _ in range(rng.randint(0, duplicates)):
+                traffic.count(source, "duplicate", at)
+        if minute % 7 == 3:
+            traffic.count("moncash", "rejected:invalid_signature", at)
+        # the queue's depth as the ingress samples it: a backlog 20 minutes ago, drained since
+        depth = max(0, 40 - abs(minute - 20) * 4) + rng.randint(0, 3)
+        with client.pipeline() as pipe:
+            pipe.hset(stats_key(int(at // 60)), DEPTH_FIELD, depth)
+            pipe.expire(stats_key(int(at // 60)), STATS_TTL_SECONDS)
+            pipe.hset(coarse_key(int(at // COARSE_SECONDS)), DEPTH_FIELD, depth)
+            pipe.expire(coarse_key(int(at // COARSE_SECONDS)), COARSE_TTL_SECONDS)
+            pipe.execute()
     signature = {"moncash": "X-MCC-Signature", "github": "X-Hub-Signature-256"}
     refused = [
         ("moncash", 401, "invalid_signature", "198.51.100.23", 812),
@@ -140,6 +166,35 @@ def seed(client: redis.Redis, settings: Settings, redis_url: str) -> None:
         await client_async.aclose()
 
     asyncio.run(flush())
+
+
+def spread_over_the_last_hour(settings: Settings) -> None:
+    """The demo's events were all applied a moment ago: spread their times over the last hour
+    (received 2 to 90 seconds before applied), so the charts have something to draw."""
+    from sqlalchemy import select, update
+
+    from shared.db import dead_letters, make_engine, webhook_events
+
+    rng = random.Random(7)
+    now = time.time()
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        for (row_id,) in conn.execute(select(webhook_events.c.id)).all():
+            done = now - rng.uniform(0, 3500)
+            conn.execute(
+                update(webhook_events)
+                .where(webhook_events.c.id == row_id)
+                .values(
+                    processed_at=dt.datetime.fromtimestamp(done, dt.UTC),
+                    received_at=dt.datetime.fromtimestamp(done - rng.uniform(2, 90), dt.UTC),
+                )
+            )
+        for (row_id,) in conn.execute(select(dead_letters.c.id)).all():
+            failed = dt.datetime.fromtimestamp(now - rng.uniform(0, 3500), dt.UTC)
+            conn.execute(
+                update(dead_letters).where(dead_letters.c.id == row_id).values(failed_at=failed)
+            )
+    engine.dispose()
 
 
 def shoot(driver: Any, path: Path, height: int | None = None) -> None:
@@ -166,6 +221,9 @@ def take(base: str, out: Path, work: Path) -> None:
         driver.find_element(By.ID, "login").click()
         wait_until(lambda: driver.find_elements(By.ID, "counts"), 10, "the overview")
         shoot(driver, out / "console-overview.png")
+        driver.get(base + "/?span=day")
+        wait_until(lambda: driver.find_elements(By.ID, "chart-workers"), 10, "the day's charts")
+        shoot(driver, out / "console-overview-day.png")
         driver.get(base + "/events")
         shoot(driver, out / "console-events.png")
         driver.get(base + "/events/shop/shop_9121")

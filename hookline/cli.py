@@ -46,8 +46,12 @@ class CommandFailed(Exception):
 
 
 def fail(message: str, status: int) -> NoReturn:
-    """One line on stderr, then exit with ``status``."""
-    click.echo(f"hookline: {message}", err=True)
+    """One line on stderr, then exit with ``status`` (a JSON object once a command logs in
+    JSON: then every line on stderr is one)."""
+    if _log_format == "json":
+        logging.getLogger("hookline").error("%s", message)
+    else:
+        click.echo(f"hookline: {message}", err=True)
     sys.exit(status)
 
 
@@ -176,8 +180,25 @@ def _check_eviction(settings: Settings) -> None:
         click.echo(f"hookline: warning: {warning}", err=True)
 
 
-def _logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+#: ``[logging] format`` of the running command, once its logging is set up
+_log_format = "text"
+
+
+def _logging(settings: Settings, level: int = logging.INFO) -> None:
+    """stderr in ``[logging] format`` for a long-running command (serve, worker, console)."""
+    global _log_format
+    from shared import logs
+
+    logs.configure(settings.logging.format, level)
+    _log_format = settings.logging.format
+
+
+def _check_traces(settings: Settings) -> None:
+    """With traces on, every exporter ``OTEL_TRACES_EXPORTER`` names is installed (checked
+    before ``serve --processes`` forks: each process sets up its own)."""
+    from shared import telemetry
+
+    telemetry.check(settings)
 
 
 def _echo_json(data: Any) -> None:
@@ -221,7 +242,8 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
     settings = _settings(config_path)
     redisconn.check_at_start(settings.redis_url)  # a service no sentinel knows: exit 2
     _check_eviction(settings)
-    _logging()
+    _check_traces(settings)
+    _logging(settings)
     if count == 1:
         from ingest.app import run
 
@@ -263,7 +285,8 @@ def worker(
 
     settings = _settings(config_path)
     _check_eviction(settings)
-    _logging()
+    _check_traces(settings)
+    _logging(settings)
     if metrics_port:
         from workers import metrics, runtime
 
@@ -705,7 +728,7 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
     from console.app import run
 
     _check_eviction(settings)
-    _logging()
+    _logging(settings)
     run(settings, host, port, access_log=not quiet)
 
 

@@ -17,13 +17,22 @@ from redis.exceptions import ResponseError
 from rq import Queue, Worker
 from sqlalchemy import Engine
 
-from shared import eventlog, redisconn, traffic
+from shared import activity, eventlog, redisconn, traffic
 from shared.config import Settings
 from shared.db import make_engine
 from shared.enqueue import JobSpec
 from shared.eventlog import EventDetail, Filter, Page
 from shared.rqcompat import JobSerializer
 from workers import deadletters
+
+#: the charts' spans: bucket width (seconds) and number of buckets
+ACTIVITY_SPANS = {
+    "hour": (60, 60),
+    "day": (traffic.COARSE_SECONDS, 24 * 3600 // traffic.COARSE_SECONDS),
+}
+
+
+TRAFFIC_KINDS = ("accepted", "duplicate", "rejected")
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -107,6 +116,30 @@ class Operations:
                 "rejected": dict(sorted(rejected.items())),
             }
         return out
+
+    def activity(self, span: str) -> dict[str, Any]:
+        """The console's charts over the last hour (per minute) or day (per 5 minutes): the
+        ingress's accepted, duplicates and rejected by source, and the queue's sampled depth
+        (Redis), events applied and dead-lettered and their lag (the tables)."""
+        width, count = ACTIVITY_SPANS[span]
+        seen = traffic.buckets(self.redis, width, count)
+        done = activity.activity(self.engine, seen.starts, width)
+        return {
+            "span": span,
+            "bucket_seconds": width,
+            "starts": seen.starts,
+            "sources": {
+                source: {
+                    k: kinds.get(k, [0] * count) for k in ("accepted", "duplicate", "rejected")
+                }
+                for source, kinds in seen.counts.items()
+            },
+            "queue_depth": seen.depth,
+            "applied": done.applied,
+            "dead_lettered": done.dead,
+            "lag_mean_seconds": done.lag_mean,
+            "lag_max_seconds": done.lag_max,
+        }
 
     # -- the event log ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -41,7 +42,7 @@ from ingest.metrics import (
     Periodic,
     RedisReading,
 )
-from shared import redisconn, rqcompat
+from shared import keys, logs, redisconn, rqcompat, telemetry, traffic
 from shared.config import Settings, SourceSettings
 from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
@@ -65,6 +66,8 @@ GAUGES = web.AppKey("gauges", OpsGauges)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
 CLAIMS = web.AppKey("claims", Claims)
 TRAFFIC = web.AppKey("traffic", Traffic)
+#: this process's traces, ``None`` when ``[telemetry] traces`` is off
+TRACING: web.AppKey[telemetry.Tracing | None] = web.AppKey("tracing")
 #: the requests whose body is being read (a stopping process answers them at once)
 READING = web.AppKey("reading", Reading)
 MEMORY = web.AppKey("memory", MemoryGuard)
@@ -80,16 +83,21 @@ SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0.5}
 RETRY_AFTER_SECONDS = 5
 #: how often the traffic counts and rejections are written to Redis
 TRAFFIC_FLUSH_SECONDS = 1.0
+#: how often the queue's depth is sampled for the console's charts (a minute holds the last)
+DEPTH_SAMPLE_SECONDS = 10.0
 
 
 def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
     """Build the ingress. ``redis`` may be passed in (tests); otherwise it is opened from
     ``settings.redis_url`` and closed with the app."""
+    tracing = telemetry.setup(settings, "hookline-ingress")
     app = web.Application(
         # a safety net only: the handler reads the body itself, bounded by max_body_bytes
         client_max_size=settings.ingest.max_body_bytes + 1,
-        middlewares=[_errors_middleware],
+        # traced: the request's span outermost, so it sees the answer a rejection becomes
+        middlewares=[_errors_middleware] if tracing is None else [_traced, _errors_middleware],
     )
+    app[TRACING] = tracing
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.create()
     app[JOB_SPEC] = JobSpec.from_settings(settings)
@@ -177,13 +185,16 @@ async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
     read Redis's memory as often (:mod:`ingest.memory`)."""
 
     async def flush_forever() -> None:
+        sampled = 0.0
         while True:
             await asyncio.sleep(TRAFFIC_FLUSH_SECONDS)
             await _flush(app)
             await _read_memory(app)
+            if time.monotonic() - sampled >= DEPTH_SAMPLE_SECONDS:
+                sampled = time.monotonic()
+                await _sample_depth(app)
 
     await _read_memory(app)
-
     task = asyncio.create_task(flush_forever())
     yield
     task.cancel()
@@ -206,6 +217,15 @@ async def _read_memory(app: web.Application) -> None:
             await app[MEMORY].refresh(app[REDIS])
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("Redis memory not read: %s", type(err).__name__)
+
+
+async def _sample_depth(app: web.Application) -> None:
+    """The queue's depth, for the console's charts."""
+    try:
+        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
+            await traffic.sample_depth(app[REDIS], keys.queue_key(app[JOB_SPEC].queue))
+    except (RedisError, OSError, TimeoutError) as err:
+        log.debug("queue depth not sampled: %s", type(err).__name__)
 
 
 async def _check_waitaof(client: aioredis.Redis) -> None:
@@ -237,12 +257,41 @@ async def _errors_middleware(
         return _reject(request, err)
 
 
+@web.middleware
+async def _traced(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """With traces on: a SERVER span for each webhook request (not for probes and scrapes)."""
+    tracing = _tracing(request)
+    if tracing is None or not request.path.startswith("/webhooks/"):
+        return await handler(request)
+    source = request.match_info.get("source", "")
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": "/webhooks/{source}",
+        "url.path": request.path,
+        "hookline.source": source,
+    }
+    with tracing.server(request.headers, "POST /webhooks/{source}", attributes) as span:
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR))
+        return response
+
+
+def _tracing(request: web.Request) -> telemetry.Tracing | None:
+    return request.app[TRACING]
+
+
 def _reject(request: web.Request, err: RequestRejected) -> web.Response:
     source = request.match_info.get("source", "")
     label = source if source in request.app[SETTINGS].sources else UNKNOWN
     _remember_rejection(request, label, err.status, err.code)
     # the reason only: never the headers, which may carry secrets or signatures
-    log.info("rejected %s %s: %s", label, err.status, err.code)
+    log.info("rejected %s %s: %s", label, err.status, err.code, extra={"source": label})
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
     response = _json({"error": err.code}, status=err.status, headers=headers)
     if err.close_connection:
@@ -281,7 +330,12 @@ async def receive(request: web.Request) -> web.Response:
     body = await app[READING].read(request, settings.ingest)
     request[BODY_SIZE] = len(body)
     now = time.time()
-    source.scheme.verify(request.headers, body, now)
+    tracing = _tracing(request)
+    if tracing is None:
+        source.scheme.verify(request.headers, body, now)
+    else:
+        with tracing.span("verify signature", **{"hookline.scheme": source.scheme.name}):
+            source.scheme.verify(request.headers, body, now)
     answer = source.scheme.handshake(body)
     if answer is not None:
         # the provider checking the endpoint (Slack's url_verification): no event, nothing queued
@@ -296,6 +350,8 @@ async def receive(request: web.Request) -> web.Response:
         body=body,
         remote=request.remote,
     )
+    if tracing is not None:
+        return await _traced_claim(request, envelope, tracing)
     return await _claim_and_enqueue(request, envelope)
 
 
@@ -339,7 +395,12 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         return _unavailable(request, envelope.source, "redis_full")
     except (RedisError, OSError, TimeoutError) as err:
         # nothing is acknowledged that is not queued: the provider will retry
-        log.warning("redis unavailable for %s: %s", envelope.source, type(err).__name__)
+        log.warning(
+            "redis unavailable for %s: %s",
+            envelope.source,
+            type(err).__name__,
+            extra=logs.event_fields(envelope),
+        )
         return _unavailable(request, envelope.source, "unavailable")
     metrics.enqueue_seconds.observe(time.perf_counter() - started)
     result = parse_reply(claimed.reply)
@@ -348,7 +409,11 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         # replicas: not acknowledged. The provider's retry is answered once the claim is on
         # them (a duplicate), or, if this primary died first, is accepted again on the new
         # one; either way it is applied once.
-        log.warning("event of %s not replicated in time: 503", envelope.source)
+        log.warning(
+            "event of %s not replicated in time: 503",
+            envelope.source,
+            extra=logs.event_fields(envelope),
+        )
         return _unavailable(request, envelope.source, "not_replicated")
     if not result.accepted:
         metrics.source(envelope.source).duplicates.inc()
@@ -358,6 +423,19 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     app[TRAFFIC].count(envelope.source, "accepted")
     app[MEMORY].queued(len(envelope.body))
     return _json({"status": "accepted", "event_id": envelope.event_id}, status=202)
+
+
+async def _traced_claim(
+    request: web.Request, envelope: Envelope, tracing: telemetry.Tracing
+) -> web.Response:
+    """The claim and enqueue as the event's PRODUCER span, whose context the job carries."""
+    attributes = {"hookline.source": envelope.source, "hookline.event_id": envelope.event_id}
+    with tracing.producer(request.app[JOB_SPEC].queue, **attributes) as span:
+        envelope = dataclasses.replace(envelope, trace=tracing.traceparent())
+        response = await _claim_and_enqueue(request, envelope)
+        outcome = {202: "accepted", 200: "duplicate"}.get(response.status, "unavailable")
+        span.set_attribute("hookline.outcome", outcome)
+        return response
 
 
 def _unavailable(request: web.Request, source: str, reason: str) -> web.Response:

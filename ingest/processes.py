@@ -18,6 +18,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from shared import logs
 from shared.config import Settings
 
 #: seconds SIGTERM gives the requests in flight (answers are due within 5 s)
@@ -51,6 +52,9 @@ class IngressProcesses(BaseApplication):  # type: ignore[misc]
             "proc_name": "hookline-ingress",
             "child_exit": _child_exit,
         }
+        logconfig = logs.gunicorn_config(settings.logging.format)
+        if logconfig is not None:  # the arbiter's and the processes' lines in JSON too
+            self.options["logconfig_dict"] = logconfig
         super().__init__()
 
     def load_config(self) -> None:

@@ -40,6 +40,8 @@ _TOP_KEYS = {
     "worker",
     "archive",
     "console",
+    "telemetry",
+    "logging",
     "sources",
 }
 _COMMON_SOURCE_KEYS = {
@@ -109,6 +111,26 @@ class ConsoleSettings:
     token: str | None = None
 
 
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """``[telemetry]``: OpenTelemetry traces (the optional extra ``hookline[otel]``); where
+    they go is set only by the standard ``OTEL_*`` environment variables."""
+
+    traces: bool = False
+
+
+#: what ``[logging] format`` may be
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """``[logging]``: what the processes write to stderr."""
+
+    #: ``"text"``, or ``"json"``: one JSON object a line
+    format: str = "text"
+
+
 #: a console token shorter than this is refused: it guards replays and purges
 MIN_TOKEN_LENGTH = 16
 #: the environment variable read when the file has no ``[console] token``
@@ -137,6 +159,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
     path: Path | None = None
 
@@ -204,6 +228,8 @@ def settings_from_mapping(
         worker=_worker(_get(data, "worker", dict, {})),
         archive=_archive(_get(data, "archive", dict, {})),
         console=_console(_get(data, "console", dict, {}), env),
+        telemetry=_telemetry(_get(data, "telemetry", dict, {})),
+        logging=_logging(_get(data, "logging", dict, {})),
         sources=sources,
         path=path,
     )
@@ -381,6 +407,45 @@ def _console(data: Mapping[str, Any], env: Mapping[str, str]) -> ConsoleSettings
         # never echo the token itself
         raise ConfigError(f"console.token must be at least {MIN_TOKEN_LENGTH} characters")
     return ConsoleSettings(token=token)
+
+
+def _telemetry(data: Mapping[str, Any]) -> TelemetrySettings:
+    w = "telemetry"
+    _no_unknown(data, TelemetrySettings.__dataclass_fields__, w)
+    traces = _get(data, "traces", bool, TelemetrySettings.traces, w)
+    if traces:
+        missing = _missing_otel()
+        if missing:
+            raise ConfigError(
+                f"[telemetry] traces = true needs the OpenTelemetry packages ({missing} is not"
+                " installed): pip install 'hookline[otel]'"
+            )
+    return TelemetrySettings(traces=traces)
+
+
+#: what ``[telemetry] traces`` imports (the ``otel`` extra)
+OTEL_MODULES = ("opentelemetry.trace", "opentelemetry.sdk.trace")
+
+
+def _missing_otel() -> str | None:
+    """The first OpenTelemetry module that cannot be imported, or ``None``."""
+    import importlib
+
+    for module in OTEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def _logging(data: Mapping[str, Any]) -> LoggingSettings:
+    w = "logging"
+    _no_unknown(data, LoggingSettings.__dataclass_fields__, w)
+    fmt = _get(data, "format", str, LoggingSettings.format, w)
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f'logging.format must be "text" or "json", not {fmt[:40]!r}')
+    return LoggingSettings(format=fmt)
 
 
 def _source(name: str, data: Any) -> SourceSettings:

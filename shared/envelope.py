@@ -56,6 +56,14 @@ class Envelope:
     remote: str | None = None
     #: set by the operators' replays: the event's row in this state may be applied again
     replay: Replay | None = None
+    #: the W3C ``traceparent`` of the span that queued it, when traces are on: the worker's
+    #: spans join the request's trace (not in the job's data when ``None``)
+    trace: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id of :attr:`trace` (32 hex digits), if any."""
+        return self.trace[3:35] if self.trace and len(self.trace) >= 35 else None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -75,7 +83,7 @@ class Envelope:
             "body": base64.b64encode(self.body).decode("ascii"),
             "remote": self.remote,
             "replay": self.replay,
-        }
+        } | ({"trace": self.trace} if self.trace is not None else {})
 
     @classmethod
     def from_dict(cls, data: Any) -> Envelope:
@@ -102,6 +110,7 @@ class Envelope:
             body=body,
             remote=_optional_text(data.get("remote")),
             replay=_REPLAYS[raw_replay],
+            trace=_trace(data.get("trace")),
         )
 
 
@@ -116,6 +125,12 @@ def _optional_text(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidEnvelope("envelope remote is not text")
     return value
+
+
+def _trace(value: Any) -> str | None:
+    """A carried trace context is only ever a hint: one that is not text is dropped, never a
+    reason to refuse the event."""
+    return value[:256] if isinstance(value, str) and value else None
 
 
 def _number(value: Any) -> float:

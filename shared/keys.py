@@ -67,6 +67,10 @@ ACK_BARRIER = PREFIX + "ack-barrier"
 #: ``<PREFIX>stats:{minute}`` -> {"source\tkind": count}: the ingress's per-minute counts
 #: (accepted, duplicate, rejected:<reason>), kept two hours for the console's last hour
 STATS = PREFIX + "stats:"
+#: ``<PREFIX>stats5:{5-minute bucket}``: the same counts per 5 minutes, kept 25 hours for the
+#: console's last day (a day of minutes would be 1,440 hashes read per page); both also hold
+#: the queue's depth as the ingress last sampled it in that bucket (field ``"\tqueue_depth"``)
+STATS_COARSE = PREFIX + "stats5:"
 #: ``<PREFIX>rejections:{source}``: a stream of the source's last 1,000 refused requests (no
 #: header value, no body byte); unknown sources share ``<PREFIX>rejections:_unknown``
 REJECTIONS = PREFIX + "rejections:"

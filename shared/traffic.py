@@ -29,6 +29,11 @@ from shared import keys
 REJECTIONS_KEPT = 1000
 #: per-minute counts are kept two hours: the console shows the last one
 STATS_TTL_SECONDS = 2 * 3600
+#: the coarse buckets (the console's last day): their width, and how long they are kept
+COARSE_SECONDS = 300
+COARSE_TTL_SECONDS = 25 * 3600
+#: the field of a stats hash holding the queue's depth (no source is empty)
+DEPTH_FIELD = "\tqueue_depth"
 #: header names kept per rejection, and their length: a hostile request may send thousands
 MAX_HEADER_NAMES = 40
 MAX_HEADER_NAME = 64
@@ -92,6 +97,25 @@ def stats_key(minute: int) -> str:
     return f"{keys.STATS}{minute}"
 
 
+def coarse_key(bucket: int) -> str:
+    """The hash of the :data:`COARSE_SECONDS` bucket number ``bucket`` (seconds // width)."""
+    return f"{keys.STATS_COARSE}{bucket}"
+
+
+async def sample_depth(redis: AsyncRedis, queue_key: str, now: float | None = None) -> None:
+    """Record the queue's depth now in this minute's and this 5-minute bucket's hash (the
+    last sample of a bucket stands for it)."""
+    at = time.time() if now is None else now
+    depth = int(await redis.llen(queue_key))
+    minute, bucket = int(at // 60), int(at // COARSE_SECONDS)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(stats_key(minute), DEPTH_FIELD, depth)
+        pipe.expire(stats_key(minute), STATS_TTL_SECONDS)
+        pipe.hset(coarse_key(bucket), DEPTH_FIELD, depth)
+        pipe.expire(coarse_key(bucket), COARSE_TTL_SECONDS)
+        await pipe.execute()
+
+
 class Traffic:
     """The ingress's memory of its traffic until the next flush."""
 
@@ -128,12 +152,17 @@ class Traffic:
         self._counts, self._rejections = collections.Counter(), {}
         try:
             async with redis.pipeline(transaction=False) as pipe:
-                minutes = set()
+                minutes, coarse = set(), set()
                 for (minute, source, kind), n in counts.items():
+                    bucket = minute * 60 // COARSE_SECONDS
                     pipe.hincrby(stats_key(minute), f"{source}\t{kind}", n)
+                    pipe.hincrby(coarse_key(bucket), f"{source}\t{kind}", n)
                     minutes.add(minute)
+                    coarse.add(bucket)
                 for minute in minutes:
                     pipe.expire(stats_key(minute), STATS_TTL_SECONDS)
+                for bucket in coarse:
+                    pipe.expire(coarse_key(bucket), COARSE_TTL_SECONDS)
                 for source, waiting in rejections.items():
                     for rejection in waiting:
                         pipe.xadd(
@@ -178,6 +207,44 @@ def last_hour(redis: Redis, now: float | None = None) -> dict[str, dict[str, int
         for bucket in pipe.execute():
             for field, n in bucket.items():
                 source, _, kind = field.decode("utf-8", "replace").partition("\t")
+                if not source:  # the queue's depth, not a source's count
+                    continue
                 by_kind = totals.setdefault(source, {})
                 by_kind[kind] = by_kind.get(kind, 0) + int(n)
     return totals
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The ingress's counts over a window, bucket by bucket (oldest first): ``starts`` (unix
+    seconds), ``counts[source][kind][i]`` with kind ``accepted``, ``duplicate`` or
+    ``rejected`` (all reasons), and the queue's sampled ``depth[i]`` (``None``: no sample)."""
+
+    starts: list[float]
+    counts: dict[str, dict[str, list[int]]]
+    depth: list[int | None]
+
+
+def buckets(redis: Redis, width: int, count: int, now: float | None = None) -> Buckets:
+    """The last ``count`` buckets of ``width`` seconds (60: the minute hashes, else
+    :data:`COARSE_SECONDS`), the current one last; one round trip."""
+    at = time.time() if now is None else now
+    current = int(at // width)
+    numbers = range(current - count + 1, current + 1)
+    key = stats_key if width == 60 else coarse_key
+    counts: dict[str, dict[str, list[int]]] = {}
+    depth: list[int | None] = [None] * count
+    with redis.pipeline(transaction=False) as pipe:
+        for number in numbers:
+            pipe.hgetall(key(number))
+        for i, bucket in enumerate(pipe.execute()):
+            for field, n in bucket.items():
+                source, _, kind = field.decode("utf-8", "replace").partition("\t")
+                if not source:
+                    depth[i] = int(n)
+                    continue
+                kind = "rejected" if kind.startswith("rejected:") else kind
+                by_kind = counts.setdefault(source, {})
+                series = by_kind.setdefault(kind, [0] * count)
+                series[i] += int(n)
+    return Buckets([float(n * width) for n in numbers], dict(sorted(counts.items())), depth)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared.logs import JsonFormatter
 from shared.migrate import upgrade
 from tests import services
 
@@ -96,17 +97,24 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _LogCollector(logging.Handler):
-    """Every log line the suite produces, to check that none carries a secret."""
+    """Every log line the suite produces, to check that none carries a secret: each record as
+    its message and as the JSON line ``[logging] format = "json"`` writes (with the fields it
+    adds: source, event id, job id, trace id, an exception's traceback)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[str] = []
+        self.json = JsonFormatter()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(record.getMessage())
         except Exception:
             self.lines.append(str(record.msg))
+        try:
+            self.lines.append(self.json.format(record))
+        except Exception as err:  # a line the JSON format cannot write is a failure too
+            self.lines.append(f"JSON FORMAT FAILED: {err!r}")
 
 
 _COLLECTOR = _LogCollector()
@@ -123,6 +131,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests.helpers import SECRET_VALUES
 
     leaks = [(s, line) for line in _COLLECTOR.lines for s in SECRET_VALUES if s in line]
+    broken = [line for line in _COLLECTOR.lines if line.startswith("JSON FORMAT FAILED")]
+    if broken:
+        print(f"\nLOG LINE NOT WRITABLE AS JSON: {broken[0][:200]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if leaks:
         secret, line = leaks[0]
         print(f"\nLOG LEAK: a log line holds secret {secret[:4]}...: {line[:200]}")

@@ -214,3 +214,47 @@ def test_a_wrong_token_is_refused(setup: dict[str, Any]) -> None:
     session = [c for c in driver.get_cookies() if c["name"] == "hookline_console_session"]
     assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
     assert TOKEN not in driver.page_source
+
+
+def test_the_overview_charts_render_under_the_csp_and_switch_to_the_last_day(
+    setup: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, base = setup["driver"], setup["base"]
+    settings: Settings = setup["settings"]
+    # Given events applied by a worker (the ingress's counts come with its traffic)
+    for n in range(3):
+        deliver(redis_client, settings, "moncash", n=n)
+    run_worker(redis_client, settings)
+    # a listener for CSP violations in every page (DevTools' scripts are not the page's)
+    driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.__violations = [];"
+            " document.addEventListener('securitypolicyviolation',"
+            " e => window.__violations.push(e.violatedDirective));"
+        },
+    )
+    # When the operator logs in and looks at the overview
+    driver.get(base + "/login")
+    log_in(driver, TOKEN)
+    chart = driver.find_element(By.ID, "chart-workers")
+    # Then the chart is drawn at its size, its lines dashed apart as the SVG says
+    assert chart.size["width"] > 300 and chart.size["height"] > 80
+    dashes = driver.execute_script(
+        "return [...document.querySelectorAll('#chart-workers g.series polyline')]"
+        ".map(p => getComputedStyle(p).strokeDasharray)"
+    )
+    assert dashes and dashes[0] == "none" and "6" in dashes[-1]
+    legend = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#chart-workers .legend")]
+    assert legend == ["applied", "dead-lettered"]
+    caption = driver.find_element(By.CSS_SELECTOR, "#charts-workers figcaption").text
+    assert caption == "Events applied and dead-lettered per minute"
+    # and nothing on the page broke the Content-Security-Policy
+    assert driver.execute_script("return window.__violations") == []
+    # When they switch to the last day
+    click(driver.find_element(By.LINK_TEXT, "Last day, per 5 minutes"))
+    caption = driver.find_element(By.CSS_SELECTOR, "#charts-workers figcaption").text
+    assert caption == "Events applied and dead-lettered per 5 minutes"
+    assert driver.execute_script("return window.__violations") == []

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from shared import keys
 from shared.config import Settings
 from shared.db import as_utc, dead_letters, webhook_events
+from shared.enqueue import JobSpec, claim
 from shared.envelope import Envelope
 from shared.errors import PermanentError
 from shared.rqcompat import JobSerializer
@@ -298,3 +299,41 @@ def test_a_dead_letter_the_database_refuses_keeps_the_job_for_one_later_attempt(
         f"job {job.id} could not be dead-lettered (ConnectionError: database is away): "
         "kept for another attempt"
     ) in caplog.messages
+
+
+def test_the_worker_lines_about_an_event_name_it_its_job_and_its_trace(
+    redis_client: redis.Redis,
+    settings: Settings,
+    engine: Engine,
+    state: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an event that fails its first attempt (twice: once in the batch that falls back,
+    # once alone), then is applied, and a poison one; both queued by an ingress with traces on
+    # (their envelopes carry the request's trace context)
+    (state / "fail_f-9").write_text("2")
+    (state / "poison").write_text("")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    for source, event_id in (("flaky", "f-9"), ("poison", "p-9")):
+        envelope = Envelope(
+            source=source,
+            event_id=event_id,
+            received_at=0.0,
+            headers=(),
+            body=f'{{"id": "{event_id}", "type": "x"}}'.encode(),
+            trace=f"00-{trace}-00f067aa0ba902b7-01",
+        )
+        claim(redis_client, envelope, JobSpec.from_settings(settings))
+    # When a worker runs them
+    with caplog.at_level(logging.INFO, logger="hookline.worker"):
+        run_worker(redis_client, settings)
+    # Then its retry, its success and the other's dead letter carry the fields JSON logs show
+    lines = {r.getMessage().split(":")[0]: r for r in caplog.records if r.name == "hookline.worker"}
+    for start, source, event_id in (
+        ("event flaky/f-9 attempt 1 failed, will retry", "flaky", "f-9"),
+        ("event flaky/f-9 processed (attempt 2)", "flaky", "f-9"),
+        ("event poison/p-9 dead-lettered after 1 attempt(s)", "poison", "p-9"),
+    ):
+        record = lines[start]
+        assert (record.source, record.event_id, record.trace_id) == (source, event_id, trace)  # type: ignore[attr-defined]
+        assert len(record.job_id) == 32  # type: ignore[attr-defined]

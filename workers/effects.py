@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, StatementError
 from sqlalchemy.orm import Session
 
+from shared import telemetry
 from shared.db import dead_letters, event_bodies, from_timestamp, utcnow, webhook_events
 from shared.envelope import Envelope, Replay
 from shared.errors import PermanentError
@@ -146,12 +147,16 @@ def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) 
         claimed |= _claim(conn, [i for i in unique if i.envelope.replay == takeover], takeover)
     outcomes: list[Outcome] = []
     applied: list[_Prepared] = []
+    tracing = telemetry.current()
     for item in items:
         if item.key not in claimed or first[item.key] is not item:
             outcomes.append("duplicate")
             continue
-        for handler in item.handlers:
-            handler(item.event, session)
+        if tracing is None:
+            _handle(item, session)
+        else:
+            with tracing.child(item.key, "handle"):
+                _handle(item, session)
         applied.append(item)
         outcomes.append(item.status)
     revived = [i.key for i in applied if i.envelope.replay == "dead"]
@@ -165,6 +170,11 @@ def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) 
         _keep_bodies(conn, applied, claimed)
     flush_payments(session)
     return outcomes
+
+
+def _handle(item: _Prepared, session: Session) -> None:
+    for handler in item.handlers:
+        handler(item.event, session)
 
 
 def _keep_bodies(conn: Connection, applied: Sequence[_Prepared], ids: dict[Key, int]) -> None:
@@ -206,8 +216,16 @@ def apply_events(rt: Runtime, deliveries: Sequence[Delivery]) -> list[Outcome]:
     event never changes the outcome of another."""
     prepared = [_prepare(rt, delivery) for delivery in deliveries]
     keep = rt.settings.archive.retention_days > 0
-    with _permanent_database_errors(), Session(rt.engine) as session, session.begin():
-        return _apply_all(session, prepared, keep)
+    tracing = telemetry.current()
+    with _permanent_database_errors(), Session(rt.engine) as session:
+        if tracing is None:
+            with session.begin():
+                return _apply_all(session, prepared, keep)
+        with session.begin() as transaction:
+            outcomes = _apply_all(session, prepared, keep)
+            with tracing.children("commit"):
+                transaction.commit()
+        return outcomes
 
 
 def _first_line(err: object) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from shared import keys
+from shared import keys, logs
 from shared.envelope import Envelope, InvalidEnvelope
 from shared.errors import PayloadError, PermanentError
 from workers import deadletters
@@ -155,6 +155,7 @@ def attempt_failed(job: Job | None, failure: Failure) -> bool:
         envelope.event_id,
         attempt,
         error.error,
+        extra=logs.event_fields(envelope, job.id),
     )
     return False
 
@@ -195,6 +196,7 @@ def _dead_letter(rt: Runtime, job: Job, envelope: Envelope, error: AttemptError)
         envelope.event_id,
         len(errors),
         error.error,
+        extra=logs.event_fields(envelope, job.id),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from shared import telemetry
 from shared.config import Settings, load_settings
 from shared.db import make_engine
 from shared.errors import ConfigError
@@ -44,6 +45,7 @@ def configure(settings: Settings, engine: Engine | None = None) -> Runtime:
     """Load handler modules and open the engine; replaces any earlier runtime."""
     global _current
     load_handlers(settings)
+    telemetry.setup(settings, "hookline-worker")
     if settings.worker.builtin_handlers and not REGISTRY.by_scheme:
         builtin.register(REGISTRY)
     with _lock:

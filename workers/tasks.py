@@ -8,6 +8,7 @@ attempt means is decided in one place, :mod:`workers.retries`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
+from shared import logs, telemetry
 from workers import retries
 from workers.effects import Delivery, Outcome, apply_events
 from workers.runtime import Runtime, current
@@ -52,14 +54,32 @@ def process(job: Job) -> Outcome:
     records it through :func:`workers.retries.attempt_failed`)."""
     rt = current()
     delivery = delivery_of(rt, job)
+    envelope = delivery.envelope
     started = time.perf_counter()
-    try:
-        [outcome] = apply_events(rt, [delivery])
-    finally:
-        elapsed = time.perf_counter() - started
-        rt.metrics.handler_seconds.labels(delivery.envelope.source).observe(elapsed)
-    _applied(rt, delivery, outcome)
+    tracing = telemetry.current()
+    with (
+        logs.event_context(**logs.event_fields(envelope, job.id)),
+        _NOT_TRACED if tracing is None else _consuming(tracing, [job], [delivery]),
+    ):
+        try:
+            [outcome] = apply_events(rt, [delivery])
+        finally:
+            elapsed = time.perf_counter() - started
+            rt.metrics.handler_seconds.labels(delivery.envelope.source).observe(elapsed)
+        _applied(rt, delivery, outcome, job.id)
     return outcome
+
+
+#: what stands for the consumer spans while traces are off
+_NOT_TRACED = contextlib.nullcontext()
+
+
+def _consuming(
+    tracing: telemetry.Tracing, jobs: Sequence[Job], deliveries: Sequence[Delivery]
+) -> contextlib.AbstractContextManager[Any]:
+    """A CONSUMER span per event, in its trace (the context its job carries)."""
+    runs = [(d.envelope, job.id, d.attempt) for job, d in zip(jobs, deliveries, strict=True)]
+    return tracing.consumers(jobs[0].origin, runs)
 
 
 def process_batch(jobs: Sequence[Job]) -> list[Outcome] | None:
@@ -69,18 +89,20 @@ def process_batch(jobs: Sequence[Job]) -> list[Outcome] | None:
     started = time.perf_counter()
     try:
         deliveries = [delivery_of(rt, job) for job in jobs]
-        outcomes = apply_events(rt, deliveries)
+        tracing = telemetry.current()
+        with _NOT_TRACED if tracing is None else _consuming(tracing, jobs, deliveries):
+            outcomes = apply_events(rt, deliveries)
     except Exception as err:  # each event then meets its own error on its own path
         log.debug("batch of %d fell back to one by one: %s", len(jobs), retries.describe(err))
         return None
     share = (time.perf_counter() - started) / len(deliveries)
-    for delivery, outcome in zip(deliveries, outcomes, strict=True):
+    for job, delivery, outcome in zip(jobs, deliveries, outcomes, strict=True):
         rt.metrics.handler_seconds.labels(delivery.envelope.source).observe(share)
-        _applied(rt, delivery, outcome)
+        _applied(rt, delivery, outcome, job.id)
     return outcomes
 
 
-def _applied(rt: Runtime, delivery: Delivery, outcome: str) -> None:
+def _applied(rt: Runtime, delivery: Delivery, outcome: str, job_id: str) -> None:
     """The one line and the counter every applied event gets, and, when this run committed
     its row (not a duplicate of an earlier run's), its lag since the ingress received it (on
     two clocks: a worker's behind the ingress's counts as no lag)."""
@@ -90,7 +112,12 @@ def _applied(rt: Runtime, delivery: Delivery, outcome: str) -> None:
         lag = max(0.0, time.time() - envelope.received_at)
         rt.metrics.event_lag.labels(envelope.source).observe(lag)
     log.info(
-        "event %s/%s %s (attempt %d)", envelope.source, envelope.event_id, outcome, delivery.attempt
+        "event %s/%s %s (attempt %d)",
+        envelope.source,
+        envelope.event_id,
+        outcome,
+        delivery.attempt,
+        extra=logs.event_fields(envelope, job_id),
     )
 
 
