@@ -4,8 +4,9 @@ RQ's own ``SimpleWorker.work`` loop runs it (registration, scheduler, signals, s
 maintenance, teardown); hookline overrides only RQ's documented extension points:
 ``execute_job`` (a batch instead of one job, :mod:`workers.batch`), ``get_heartbeat_ttl``,
 ``bootstrap`` / ``teardown`` (two threads), ``clean_registries`` (the janitor's sweep),
-``handle_payload`` / ``request_stop_execution`` (RQ's stop commands reach every job of a batch)
-and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and what this changes:
+``handle_payload`` / ``request_stop_execution`` (RQ's stop commands reach every job of a batch),
+``handle_warm_shutdown_request`` and ``unsubscribe``. What RQ's defaults get wrong here, and what
+this changes:
 
 - Fork per job (RQ's ``Worker``) costs a process per event; this runs jobs in process with
   RQ's heartbeats, registries, retries and job-timeout death penalty. Scale with processes.
@@ -22,11 +23,19 @@ and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and wha
   starts again instead of letting the process exit. The job's outcome is never lost: its
   effects are committed in the database, and a job whose success could not be recorded in
   Redis is recovered as abandoned and finds its ``webhook_events`` row ("duplicate").
+- A stop that waited a minute. RQ's teardown sends UNSUBSCRIBE, whose reply wakes its command
+  listener thread, and only then tells that thread to stop; a thread that reads the reply
+  first loops once more, finds itself subscribed to nothing and waits for a subscription for
+  RQ's 60 s ``sleep_time``, while redis-py's ``stop()`` joins it without a bound. Which thread
+  wins is up to the scheduler: on a busy machine about half the runs of two burst workers kept
+  one a minute past the last event, and SIGTERM or ``hookline dev``'s Ctrl-C (which kills
+  after 10 s) hit the same wait. :meth:`EventWorker.unsubscribe` tells the thread first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import signal
 import threading
@@ -76,6 +85,9 @@ PRUNE_CHUNKS_PER_ROUND = 20
 WORKER_TTL_SECONDS = 35
 #: pause before reconnecting after Redis went away
 RECONNECT_SECONDS = 1.0
+#: how long a stopping worker waits for RQ's command listener thread to end (RQ's own bound;
+#: the thread ends within a round trip, woken by the reply to its UNSUBSCRIBE)
+LISTENER_STOP_SECONDS = 1.0
 
 
 class EventWorker(SimpleWorker):
@@ -135,6 +147,23 @@ class EventWorker(SimpleWorker):
     def handle_warm_shutdown_request(self) -> None:
         self.stopping = True
         super().handle_warm_shutdown_request()
+
+    def unsubscribe(self) -> None:
+        """RQ's, in the order that cannot wait: the listener thread is told to stop before
+        the UNSUBSCRIBE whose reply wakes it, so it ends at that reply instead of looping
+        once more into redis-py's wait for a subscription (RQ's ``sleep_time``, 60 s), which
+        redis-py's ``stop()`` would join without a bound."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            super().unsubscribe()
+            return
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=0)  # the flag only: joined below, once woken
+        else:
+            thread.stop()  # an older redis-py: stop() only sets the flag
+        pubsub.unsubscribe()
+        thread.join(timeout=LISTENER_STOP_SECONDS)
+        pubsub.close()
 
     def clean_registries(self) -> None:
         """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
