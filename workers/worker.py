@@ -55,6 +55,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import eventlog, keys, redisconn, rqcompat
 from shared.config import Settings
@@ -253,7 +254,8 @@ def prune_archive(connection: Redis) -> None:
         )
         if pruned:
             log.info("pruned %d event bodies past the retention", pruned)
-    except Exception as err:  # the database away: next round
+    except SQLAlchemyError as err:  # the database away: next round
+        # (nothing broader: a SIGTERM while idle reaches here as RQ's stop, which must go on)
         log.warning("could not prune event bodies: %s", type(err).__name__)
     finally:
         with contextlib.suppress(LockError):
