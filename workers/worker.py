@@ -279,10 +279,11 @@ def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> l
 
 
 def drain(worker: EventWorker, queues: Sequence[Queue]) -> None:
-    """``--burst``: run until the queues are empty and no retry is due. Retries scheduled for
-    later stay scheduled (a long-running worker will take them)."""
+    """``--burst``: run until the queues are empty and no retry is due, or until stopped
+    (SIGTERM/SIGINT finish the current batch first; what is left stays queued). Retries
+    scheduled for later stay scheduled (a long-running worker will take them)."""
     sweep(queues, worker, full=True)
-    while True:
+    while not worker.stopping:
         for queue in queues:
             rqcompat.move_due_retries(queue)
         if not any(q.count for q in queues):
