@@ -4,8 +4,9 @@ RQ's own ``SimpleWorker.work`` loop runs it (registration, scheduler, signals, s
 maintenance, teardown); hookline overrides only RQ's documented extension points:
 ``execute_job`` (a batch instead of one job, :mod:`workers.batch`), ``get_heartbeat_ttl``,
 ``bootstrap`` / ``teardown`` (two threads), ``clean_registries`` (the janitor's sweep),
-``handle_payload`` / ``request_stop_execution`` (RQ's stop commands reach every job of a batch)
-and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and what this changes:
+``handle_payload`` / ``request_stop_execution`` (RQ's stop commands reach every job of a batch),
+``handle_warm_shutdown_request`` and ``unsubscribe``. What RQ's defaults get wrong here, and what
+this changes:
 
 - Fork per job (RQ's ``Worker``) costs a process per event; this runs jobs in process with
   RQ's heartbeats, registries, retries and job-timeout death penalty. Scale with processes.
@@ -22,11 +23,19 @@ and ``handle_warm_shutdown_request``. What RQ's defaults get wrong here, and wha
   starts again instead of letting the process exit. The job's outcome is never lost: its
   effects are committed in the database, and a job whose success could not be recorded in
   Redis is recovered as abandoned and finds its ``webhook_events`` row ("duplicate").
+- A stop that waited a minute. RQ's teardown sends UNSUBSCRIBE, whose reply wakes its command
+  listener thread, and only then tells that thread to stop; a thread that reads the reply
+  first loops once more, finds itself subscribed to nothing and waits for a subscription for
+  RQ's 60 s ``sleep_time``, while redis-py's ``stop()`` joins it without a bound. Which thread
+  wins is up to the scheduler: on a busy machine about half the runs of two burst workers kept
+  one a minute past the last event, and SIGTERM or ``hookline dev``'s Ctrl-C (which kills
+  after 10 s) hit the same wait. :meth:`EventWorker.unsubscribe` tells the thread first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import signal
 import threading
@@ -46,6 +55,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import eventlog, keys, redisconn, rqcompat
 from shared.config import Settings
@@ -79,6 +89,9 @@ RECONNECT_SECONDS = 1.0
 #: a full Redis is relieved (:func:`relieve`) until its memory is below this share of its
 #: ``maxmemory``: room for RQ's own registration and janitor, which write before they free
 RELIEF_BELOW = 0.97
+#: how long a stopping worker waits for RQ's command listener thread to end (RQ's own bound;
+#: the thread ends within a round trip, woken by the reply to its UNSUBSCRIBE)
+LISTENER_STOP_SECONDS = 1.0
 
 
 class EventWorker(SimpleWorker):
@@ -136,20 +149,6 @@ class EventWorker(SimpleWorker):
         for thread in self._threads:
             thread.start()
 
-    def unsubscribe(self) -> None:
-        # RQ's pubsub thread waits up to 60 s per read (its sleep_time). RQ unsubscribes and
-        # then stops the thread: if the thread reads the unsubscribe reply before the stop, it
-        # waits 60 s more for a subscription that never comes, and redis-py's stop() waits
-        # with it (a --burst worker took a minute to exit). Stopping the thread first, without
-        # waiting, lets the reply end its last read.
-        thread = self.pubsub_thread
-        if thread is not None:
-            try:
-                thread.stop(timeout=0)
-            except TypeError:  # redis-py before 7: stop() only clears the flag
-                thread.stop()
-        super().unsubscribe()
-
     def teardown(self) -> None:
         self._threads_stop.set()
         for thread in self._threads:
@@ -159,6 +158,23 @@ class EventWorker(SimpleWorker):
     def handle_warm_shutdown_request(self) -> None:
         self.stopping = True
         super().handle_warm_shutdown_request()
+
+    def unsubscribe(self) -> None:
+        """RQ's, in the order that cannot wait: the listener thread is told to stop before
+        the UNSUBSCRIBE whose reply wakes it, so it ends at that reply instead of looping
+        once more into redis-py's wait for a subscription (RQ's ``sleep_time``, 60 s), which
+        redis-py's ``stop()`` would join without a bound."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            super().unsubscribe()
+            return
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=0)  # the flag only: joined below, once woken
+        else:
+            thread.stop()  # an older redis-py: stop() only sets the flag
+        pubsub.unsubscribe()
+        thread.join(timeout=LISTENER_STOP_SECONDS)
+        pubsub.close()
 
     def clean_registries(self) -> None:
         """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
@@ -248,7 +264,8 @@ def prune_archive(connection: Redis) -> None:
         )
         if pruned:
             log.info("pruned %d event bodies past the retention", pruned)
-    except Exception as err:  # the database away: next round
+    except SQLAlchemyError as err:  # the database away: next round
+        # (nothing broader: a SIGTERM while idle reaches here as RQ's stop, which must go on)
         log.warning("could not prune event bodies: %s", type(err).__name__)
     finally:
         with contextlib.suppress(LockError):
@@ -319,11 +336,12 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
 
 
 def drain(worker: EventWorker, queues: Sequence[Queue]) -> None:
-    """``--burst``: run until the queues are empty and no retry is due. Retries scheduled for
-    later stay scheduled (a long-running worker will take them)."""
+    """``--burst``: run until the queues are empty and no retry is due, or until stopped
+    (SIGTERM/SIGINT finish the current batch first; what is left stays queued). Retries
+    scheduled for later stay scheduled (a long-running worker will take them)."""
     relieve(worker, queues)
     sweep(queues, worker, full=True)
-    while True:
+    while not worker.stopping:
         for queue in queues:
             rqcompat.move_due_retries(queue)
         if not any(q.count for q in queues):
