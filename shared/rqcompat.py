@@ -163,9 +163,9 @@ def take(queue: Queue, count: int) -> list[str]:
 # Registering a batch as started: for each job what RQ's ``Execution.create`` and
 # ``Job.prepare_for_execution`` write (the Execution's hash, its entries in the job's
 # ExecutionRegistry, the StartedJobRegistry and the worker's executions set; the job's status,
-# start, heartbeat and worker), the worker busy with its heartbeat, the ids out of the
-# intermediate list. One script, commands shared by the batch where Redis takes many members
-# at once (ZADD, SADD, DEL). The first writes free memory (LREM, DEL), so a Redis at
+# start, heartbeat and worker, kept from expiring), the worker busy with its heartbeat, the
+# ids out of the intermediate list. One script, commands shared by the batch where Redis takes
+# many members at once (ZADD, SADD, DEL). The first writes free memory (LREM, DEL), so a Redis at
 # ``maxmemory`` lets the rest through: a full Redis drains.
 # KEYS[1] the intermediate list, KEYS[2] the StartedJobRegistry, KEYS[3] the worker's hash,
 #   KEYS[4] the worker's executions set; then per job i (1..n): KEYS[2 + 3i] its hash,
@@ -192,6 +192,7 @@ for i = 1, n do
     redis.call("EXPIRE", registry, ARGV[7])
     redis.call("HSET", job, "last_heartbeat", started_at, "status", "started",
         "started_at", started_at, "worker_name", ARGV[8])
+    redis.call("PERSIST", job)
     table.insert(started, ARGV[4])
     table.insert(started, composite)
     table.insert(members, composite)
@@ -220,8 +221,9 @@ def start(worker: BaseWorker, queue: Queue, jobs: Sequence[Job], ttl: int) -> li
     """Register ``jobs`` as started by ``worker`` in one script (:data:`START`): what RQ's
     ``prepare_execution`` and ``prepare_job_execution`` write for each, with the objects set
     up by RQ's own ``Execution.create`` and ``Job.prepare_for_execution``
-    (``tests/test_rqcompat.py`` holds the keys equal to what RQ's own worker writes). Our jobs
-    never carry a TTL of their own, so RQ's ``PERSIST`` of the job is left out."""
+    (``tests/test_rqcompat.py`` holds the keys equal to what RQ's own worker writes); like
+    RQ's, it takes away any TTL a job kept from an earlier life (a failed job requeued by
+    RQ's tools expires with its failure TTL otherwise)."""
     if not jobs:
         return []
     executions = []
