@@ -89,9 +89,10 @@ RECONNECT_SECONDS = 1.0
 #: a full Redis is relieved (:func:`relieve`) until its memory is below this share of its
 #: ``maxmemory``: room for RQ's own registration and janitor, which write before they free
 RELIEF_BELOW = 0.97
-#: how long a stopping worker waits for RQ's command listener thread to end (RQ's own bound;
-#: the thread ends within a round trip, woken by the reply to its UNSUBSCRIBE)
-LISTENER_STOP_SECONDS = 1.0
+#: how long a stopping worker waits for RQ's command listener thread to end (it ends within a
+#: round trip, woken by the reply to its UNSUBSCRIBE; longer than RQ's 1 s for a loaded
+#: machine: a daemon thread left behind never holds the process up)
+LISTENER_STOP_SECONDS = 5.0
 
 
 class EventWorker(SimpleWorker):
@@ -174,7 +175,8 @@ class EventWorker(SimpleWorker):
             thread.stop()  # an older redis-py: stop() only sets the flag
         pubsub.unsubscribe()
         thread.join(timeout=LISTENER_STOP_SECONDS)
-        pubsub.close()
+        if not thread.is_alive():  # else closing under its read would only make it raise
+            pubsub.close()
 
     def clean_registries(self) -> None:
         """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
