@@ -338,3 +338,39 @@ def test_a_sqlite_file_that_cannot_be_opened_is_named(tmp_path: Path, redis_url:
         "hookline: database error: unable to open database file:"
         f" {tmp_path / 'no-such-dir' / 'h.db'} (does its folder exist?)\n"
     )
+
+
+def test_send_refused_by_the_ingress_says_why_on_stderr(cli_env: dict[str, Any]) -> None:
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer = b'{"error": "invalid_signature"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    # Given an ingress that refuses the signature (another secret configured there)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        # When `hookline send` posts to it
+        result = CliRunner().invoke(
+            main, ["send", "moncash", "--config", cli_env["config"], "--url", url]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Then the answer is printed, exit status 1, and stderr names the cause in one line
+    assert result.exit_code == 1
+    assert result.stdout == '401 {"error": "invalid_signature"}\n'
+    assert result.stderr == (
+        f"hookline: {url}/webhooks/moncash refused the event: 401 invalid_signature\n"
+    )
