@@ -153,20 +153,54 @@ def _command_line(pid: int) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _check_port(port: int, what: str = "") -> None:
+@dataclass(frozen=True)
+class Conflict:
+    """A port `hookline dev` needs that something else holds."""
+
+    #: ``port 8080 is in use (pid 1234: ...)``
+    what: str
+    #: what holds it looks like another `hookline dev`
+    other_dev: bool
+    #: ``ingress`` (solved by --port) or ``redis`` (solved in redis_url)
+    kind: str
+
+
+def _port_conflict(port: int, what: str = "") -> Conflict | None:
     if _port_free(port):
-        return
+        return None
     pid = _listener_pid(port)
     command = _command_line(pid) if pid else ""
     holder = f"pid {pid}: {command}" if pid else "another program"
-    hint = (
-        "is another `hookline dev` running? "
-        if "hookline" in command or "console" in command
-        else ""
-    )
-    raise CommandFailed(
-        f"port {port}{what} is in use ({holder}): {hint}stop it or pass --port", EXIT_USAGE
-    )
+    other_dev = "hookline" in command or "console" in command
+    return Conflict(f"port {port}{what} is in use ({holder})", other_dev, "ingress")
+
+
+def _free_after(start: int, count: int, avoid: set[int]) -> int | None:
+    """The first port after ``start`` where ``count`` ports in a row are free."""
+    for port in range(start + 1, min(start + 2000, 65536 - count)):
+        run = set(range(port, port + count))
+        if not run & avoid and all(_port_free(p) for p in run):
+            return port
+    return None
+
+
+def _refusal(conflicts: list[Conflict], port: int, redis_port: int, path: Path) -> str:
+    """One line naming every port in the way and every option that gets past all of them, so
+    following it never meets a second refusal."""
+    ways = []
+    avoid = {port, console_port(port), redis_port}
+    if any(c.kind == "ingress" for c in conflicts):
+        free = _free_after(port, 2, avoid)
+        ways.append(f"pass --port {free}" if free else "pass --port")
+        if free:
+            avoid |= {free, free + 1}
+    if any(c.kind == "redis" for c in conflicts):
+        free = _free_after(redis_port, 1, avoid)
+        url = f' = "redis://127.0.0.1:{free}/0"' if free else ""
+        ways.append(f"change redis_url{url} in {path}")
+    hint = "is another `hookline dev` running? " if any(c.other_dev for c in conflicts) else ""
+    held = ", and ".join(c.what for c in conflicts)
+    return f"{held}: {hint}stop it or {' and '.join(ways)}"
 
 
 def console_port(port: int) -> int:
@@ -252,8 +286,8 @@ class RedisPlan:
     start: bool  # False: use the one already listening
 
 
-def _plan_redis(settings: Settings, path: Path) -> RedisPlan:
-    """Start Redis on ``redis_url``'s port, use the one there, or refuse (one line)."""
+def _plan_redis(settings: Settings, path: Path) -> RedisPlan | Conflict:
+    """Start Redis on ``redis_url``'s port, use the one there, or the conflict that stops."""
     url = urlsplit(settings.redis_url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in ("127.0.0.1", "localhost"):
@@ -266,19 +300,35 @@ def _plan_redis(settings: Settings, path: Path) -> RedisPlan:
     if other is None:
         pid = _listener_pid(port)
         holder = f"pid {pid}: {_command_line(pid)}" if pid else "another program"
-        raise CommandFailed(
-            f"port {port} is in use by something that is not Redis ({holder}):"
-            f" stop it or change redis_url in {path}",
-            EXIT_USAGE,
+        return Conflict(
+            f"port {port} is in use by something that is not Redis ({holder})", False, "redis"
         )
     if _reuse_allowed(path, port, other):
         click.echo(f"using {str(other).replace('another ', 'the ', 1)} on port {port}")
         return RedisPlan(port, start=False)
-    hint = "is another `hookline dev` running? " if other.dev or port == DEMO_REDIS_PORT else ""
-    raise CommandFailed(
-        f"port {port} is in use by {other}: {hint}stop it or change redis_url in {path}",
-        EXIT_USAGE,
+    return Conflict(
+        f"port {port} is in use by {other}", other.dev or port == DEMO_REDIS_PORT, "redis"
     )
+
+
+def _redis_port(settings: Settings) -> int:
+    return urlsplit(settings.redis_url).port or 6379
+
+
+def _check_ports(settings: Settings, path: Path, port: int) -> RedisPlan:
+    """Every port dev needs, checked before anything starts; all the conflicts in one line."""
+    conflicts = [
+        c
+        for c in (_port_conflict(port), _port_conflict(console_port(port), " (for the console)"))
+        if c is not None
+    ]
+    redis_plan = _plan_redis(settings, path)
+    if isinstance(redis_plan, Conflict):
+        conflicts.append(redis_plan)
+    if conflicts:
+        raise CommandFailed(_refusal(conflicts, port, _redis_port(settings), path), EXIT_USAGE)
+    assert isinstance(redis_plan, RedisPlan)
+    return redis_plan
 
 
 def _wait(
@@ -425,12 +475,10 @@ def run_dev(config_path: str | None, port: int) -> int:
     settings = load_settings(path)
     # what would make a child die after "hookline is running": one line now instead
     load_handlers(settings)
-    _check_port(port)
-    redis_plan = _plan_redis(settings, path)
+    redis_plan = _check_ports(settings, path, port)
     console = ConsolePlan(
         console_port(port), None if settings.console.token else secrets.token_urlsafe(24)
     )
-    _check_port(console.port, " (for the console)")
     _sqlite_dir(settings.database_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(path.resolve()), "PYTHONUNBUFFERED": "1"}
     children = Children()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -388,22 +390,44 @@ def test_a_second_dev_refuses_at_once_naming_what_holds_its_ports(tmp_path: Path
         client.close()
         # When a second `hookline dev` starts in folder b, on the same ingress port
         status, out, err = _refused(procs, hookline("dev", "--port", str(port)), second, env_for())
-        # Then it refuses at once, naming the port and what holds it
+        # Then it refuses at once, in one line naming every port in the way and what holds it,
+        # and every option that gets past all of them
         assert status == 2, out + err
         [line] = err.splitlines()
         assert line.startswith(f"hookline: port {port} is in use (pid "), line
         assert "hookline.cli serve" in line
-        assert line.endswith("is another `hookline dev` running? stop it or pass --port")
-        # When it gets another ingress port, it refuses on the Redis port, naming that Redis
+        assert f", and port {port + 1} (for the console) is in use (pid " in line
+        assert (
+            f", and port {redis_port} is in use by another Redis (pid {redis_pid},"
+            f" dir {first / '.hookline'}): is another `hookline dev` running? stop it or pass"
+            " --port "
+        ) in line
+        advice = re.search(
+            r"pass --port (\d+) and change redis_url = \"(redis://127\.0\.0\.1:\d+/0)\""
+            r" in hookline\.toml$",
+            line,
+        )
+        assert advice, line
+        # When the user follows that advice, it runs beside the first one
+        toml = second / "hookline.toml"
+        saved = toml.read_text()
+        toml.write_text(saved.replace(f"redis://127.0.0.1:{redis_port}/0", advice.group(2)))
+        beside = start_dev(procs, second, int(advice.group(1)))
+        beside.send_signal(signal.SIGINT)
+        assert beside.wait(30) == 0
+        shutil.rmtree(second / ".hookline")
+        toml.write_text(saved)
+        # When it gets another ingress port only, it refuses on the Redis port, naming that Redis
         status, out, err = _refused(
             procs, hookline("dev", "--port", str(other_port)), second, env_for()
         )
         assert status == 2, out + err
-        assert err.splitlines() == [
+        [line] = err.splitlines()
+        assert line.startswith(
             f"hookline: port {redis_port} is in use by another Redis (pid {redis_pid},"
             f" dir {first / '.hookline'}): is another `hookline dev` running?"
-            " stop it or change redis_url in hookline.toml"
-        ]
+            " stop it or change redis_url = "
+        ), line
         # and so it does with a configuration of the user's own pointing at that Redis (it is
         # another dev's: its folder is a .hookline)
         own = second / "own.toml"
@@ -471,10 +495,12 @@ def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_pat
         (demo / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
         status, out, err = _refused(procs, hookline("dev", "--port", str(port)), demo, env_for())
         assert status == 2, out + err
-        assert err.splitlines() == [
+        [line] = err.splitlines()
+        assert line.startswith(
             f"hookline: port {redis_port} is in use by another Redis (pid {server.pid},"
-            f" dir {tmp_path / 'redis'}): stop it or change redis_url in hookline.toml"
-        ]
+            f" dir {tmp_path / 'redis'}): stop it or change redis_url = "
+        ), line
+        assert line.endswith(" in hookline.toml"), line
         client.close()
     # When what holds the port is not a Redis at all, it says so and names it
     with __import__("socket").socket() as holder, processes() as procs:
@@ -487,7 +513,7 @@ def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_pat
             f"hookline: port {redis_port} is in use by something that is not Redis"
             f" (pid {os.getpid()}: "
         ), line
-        assert line.endswith("stop it or change redis_url in hookline.toml")
+        assert re.search(r"stop it or change redis_url = \"redis://\S+\" in hookline\.toml$", line)
 
 
 def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, redis_url: str) -> None:
