@@ -334,7 +334,8 @@ class Harness:
             conn.execute(text(EFFECTS_TABLE_DDL))
             conn.execute(
                 text(
-                    "TRUNCATE event_bodies, webhook_events, payments, dead_letters, chaos_effects"
+                    "TRUNCATE event_bodies, event_steps, webhook_events, payments, dead_letters,"
+                    " chaos_effects"
                     " RESTART IDENTITY"
                 )
             )

@@ -90,7 +90,7 @@ async def event_body(request: web.Request) -> web.Response:
 
 async def event_replay(request: web.Request) -> web.Response:
     done = await queries.replay_event(
-        ops(request), request.match_info["source"], request.match_info["event_id"]
+        ops(request), request.match_info["source"], request.match_info["event_id"], by="api"
     )
     return answer(done, status=202)
 
@@ -162,7 +162,7 @@ async def bulk(action: str, request: web.Request) -> web.Response:
         description = f"dead letters {', '.join(map(str, ids[:20]))}" + (
             f" and {len(ids) - 20} more" if len(ids) > 20 else ""
         )
-    started = request.app[JOBS].start(action, ids, description)
+    started = request.app[JOBS].start(action, ids, description, by="api")
     return answer({"job": started.to_json(), "url": f"/api/jobs/{started.id}"}, status=202)
 
 

@@ -44,6 +44,8 @@ class Job:
     ids: Sequence[int]
     #: what the operator asked for, in words ("source flaky, type x")
     description: str
+    #: who asked (console, api), for the events' timelines
+    by: str = "console"
     started_at: dt.datetime = field(default_factory=utcnow)
     finished_at: dt.datetime | None = None
     #: ids handled so far, and of those the ones replayed or purged (the rest were gone)
@@ -101,10 +103,10 @@ class Jobs:
     def recent(self, n: int = 10) -> list[Job]:
         return list(reversed(self._jobs.values()))[:n]
 
-    def start(self, action: str, ids: Sequence[int], description: str) -> Job:
+    def start(self, action: str, ids: Sequence[int], description: str, *, by: str) -> Job:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        job = Job(next(self._ids), action, list(ids), description)
+        job = Job(next(self._ids), action, list(ids), description, by)
         self._jobs[job.id] = job
         while len(self._jobs) > JOBS_KEPT:
             oldest = next(iter(self._jobs.values()))
@@ -142,7 +144,7 @@ class Jobs:
             if job._stop.is_set():
                 job.stopped = True
                 return
-            job.applied += len(list(self._ops.replay_dead([dl_id])))
+            job.applied += len(list(self._ops.replay_dead([dl_id], by=job.by)))
             job.done = position
 
     def _purge(self, job: Job) -> None:

@@ -266,7 +266,7 @@ async def event_body(request: web.Request) -> web.Response:
 async def event_replay(request: web.Request) -> web.Response:
     source, event_id = request.match_info["source"], request.match_info["event_id"]
     try:
-        done = await queries.replay_event(ops(request), source, event_id)
+        done = await queries.replay_event(ops(request), source, event_id, by="console")
     except NothingToDo as err:
         detail = await queries.event(ops(request), source, event_id)
         return render(
@@ -390,7 +390,7 @@ async def run_bulk(request: web.Request) -> web.Response:
     plan = await _plan(request, form)
     if not plan["ids"]:
         raise BadInput("no dead letter matches any more: nothing to do")
-    job_ = request.app[JOBS].start(plan["action"], plan["ids"], plan["description"])
+    job_ = request.app[JOBS].start(plan["action"], plan["ids"], plan["description"], by="console")
     raise web.HTTPSeeOther(f"/jobs/{job_.id}")
 
 

@@ -308,6 +308,11 @@ def dlq() -> None:
 @type_option("dead letters of this event type")
 @limit_option
 @older_than_option
+@click.option(
+    "--replayed",
+    is_flag=True,
+    help="Only those replayed: applied by their replay (kept for the record) or dead again.",
+)
 @json_option
 @one_line_errors
 def dlq_list(
@@ -316,13 +321,16 @@ def dlq_list(
     event_type: str | None,
     limit: int,
     older_than: float | None,
+    replayed: bool,
     as_json: bool,
 ) -> None:
-    """Dead letters, newest first."""
+    """Dead letters still to deal with, newest first (--replayed: those replayed)."""
     from hookline import printing
     from workers.deadletters import older_than as older
 
-    flt = replace(older(older_than), source=source, type=event_type)
+    flt = replace(
+        older(older_than), source=source, type=event_type, replayed=True if replayed else None
+    )
     with _ops(config_path) as ops:
         rows = ops.dead_letters(flt, limit=limit).rows
     if as_json:
@@ -390,7 +398,9 @@ def dlq_replay(
             todo, missing = _given(ops, given, source)
         done = 0
         try:
-            for _ in printing.with_progress("replaying", len(todo), ops.replay_dead(todo)):
+            for _ in printing.with_progress(
+                "replaying", len(todo), ops.replay_dead(todo, by="cli")
+            ):
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
@@ -549,7 +559,9 @@ def events_replay(
             todo = ops.ignored_to_replay(flt)
         done = 0
         try:
-            for _ in printing.with_progress("replaying", len(todo), ops.replay_ignored(todo)):
+            for _ in printing.with_progress(
+                "replaying", len(todo), ops.replay_ignored(todo, by="cli")
+            ):
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
@@ -566,7 +578,7 @@ def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple
     if kind == "ignored":
         return [(source, event_id)]
     if kind == "dead" and detail.dead_letter is not None:
-        list(ops.replay_dead([detail.dead_letter["id"]]))
+        list(ops.replay_dead([detail.dead_letter["id"]], by="cli"))
         click.echo(f"replayed dead letter {detail.dead_letter['id']}")
         return None
     why = "its body is no longer kept" if detail.row["status"] == "ignored" else "nothing to do"

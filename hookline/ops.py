@@ -119,9 +119,12 @@ class Operations:
     ) -> list[tuple[str, str]]:
         return eventlog.ignored_to_replay(self.engine, flt, keys)
 
-    def replay_ignored(self, keys: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    def replay_ignored(
+        self, keys: Sequence[tuple[str, str]], *, by: str
+    ) -> Iterator[tuple[str, str]]:
+        """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return eventlog.replay_ignored(self.engine, self.redis, spec, keys)
+        return eventlog.replay_ignored(self.engine, self.redis, spec, keys, by=by)
 
     def prune(self, older_than_days: float) -> int:
         return eventlog.prune(self.engine, older_than_days)
@@ -141,10 +144,15 @@ class Operations:
         return deadletters.existing(self.engine, ids)
 
     def replay_dead(
-        self, ids: Sequence[int], on_each: Callable[[int, str], None] | None = None
+        self,
+        ids: Sequence[int],
+        on_each: Callable[[int, str], None] | None = None,
+        *,
+        by: str,
     ) -> Iterator[int]:
+        """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return deadletters.replay(self.engine, self.redis, spec, ids, on_each)
+        return deadletters.replay(self.engine, self.redis, spec, ids, on_each, by=by)
 
     def purge_dead(self, ids: Sequence[int]) -> int:
         return deadletters.purge(self.engine, ids)
@@ -204,7 +212,7 @@ def event_json(detail: EventDetail) -> dict[str, Any]:
         "timeline": detail.timeline,
         "headers": detail.headers,
         "replayable": detail.replayable,
-        "dead_letter_id": detail.dead_letter["id"] if detail.dead_letter else None,
+        "dead_letter_id": detail.dead_letter_id,
     }
     if detail.body is not None:
         try:

@@ -68,7 +68,7 @@ def dead_letters(rows: Sequence[dict[str, Any]]) -> None:
             r["event_type"] or "-",
             r["attempts"],
             when(r["failed_at"]),
-            when(r["replayed_at"], "never"),
+            _replayed_short(r),
             r["reason"],
         )
     console.print(table)
@@ -102,7 +102,13 @@ def _replayed(row: dict[str, Any]) -> str:
     if not row["replayed_at"]:
         return "never"
     times = row["replays"] or 1
-    return f"{when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+    shown = f"{when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+    return f"{shown}, applied {when(row['applied_at'])}" if row["applied_at"] else shown
+
+
+def _replayed_short(row: dict[str, Any]) -> str:
+    shown = when(row["replayed_at"], "never")
+    return f"{shown} (applied)" if row["applied_at"] else shown
 
 
 def _headers(headers: Iterable[Sequence[str]] | None) -> None:
@@ -157,7 +163,7 @@ def event(detail: EventDetail) -> None:
         ("type", row["event_type"] or "-"),
         ("attempts", row["attempts"]),
         ("from", row["remote"] or "-"),
-        ("dead letter", detail.dead_letter["id"] if detail.dead_letter else "-"),
+        ("dead letter", _dead_letter_of(detail)),
     )
     for label, value in fields:
         console.print(f"  {label}: {value}", markup=False)
@@ -167,6 +173,17 @@ def event(detail: EventDetail) -> None:
         console.print(f"  {when(step['at'])}  {step['what']}{extra}", markup=False)
     _headers(detail.headers)
     _body(detail.body)
+
+
+def _dead_letter_of(detail: EventDetail) -> str:
+    dl_id = detail.dead_letter_id
+    if dl_id is None:
+        return "-"
+    if detail.dead_letter is None:
+        return f"{dl_id} (purged)"
+    if detail.dead_letter["applied_at"] is not None:
+        return f"{dl_id} (applied by a replay: `hookline dlq list --replayed`)"
+    return str(dl_id)
 
 
 def rejections(found: Sequence[Rejection]) -> None:

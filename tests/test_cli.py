@@ -110,7 +110,11 @@ def test_dead_letter_tools_end_to_end(cli_env: dict[str, Any], redis_client: red
     engine = make_engine(cli_env["database_url"])
     with engine.connect() as conn:
         assert conn.execute(select(payments.c.event_id)).scalars().all() == ["p-1"]
-        remaining = conn.execute(select(dead_letters.c.event_id)).scalars().all()
+        remaining = (
+            conn.execute(select(dead_letters.c.event_id).where(dead_letters.c.applied_at.is_(None)))
+            .scalars()
+            .all()
+        )
     assert remaining == ["p-2"]
 
     # replay --all skips what is already waiting for its replay
@@ -345,7 +349,7 @@ def test_send_refused_by_the_ingress_says_why_on_stderr(cli_env: dict[str, Any])
     import threading
 
     class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             answer = b'{"error": "invalid_signature"}'
             self.send_response(401)

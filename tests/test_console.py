@@ -845,11 +845,33 @@ async def test_an_operator_replays_a_dead_letter_found_by_filter(
     # When the handler is fixed and a worker runs
     (state / "fail_r-1").unlink()
     run_worker(redis_client, settings)
-    # Then the event is processed, once, and its dead letter is gone; the other stays
+    # Then the event is processed, once, and its dead letter is no longer among those to deal
+    # with; the other stays
     assert event_status(engine, "flaky", "r-1") == "processed"
-    assert [r["event_id"] for r in dead_rows(engine)] == ["p-1"]
+    still_dead = [r["event_id"] for r in dead_rows(engine) if r["applied_at"] is None]
+    assert still_dead == ["p-1"]
+    html = await (await client.get("/dead-letters")).text()
+    assert f'name="id" value="{dl_id}"' not in html
+    # And the event's page keeps its whole story: both failed tries, its death, the replay the
+    # console asked for, and the third try that applied it
     html = await (await client.get("/events/flaky/r-1")).text()
     assert '<span class="badge processed" id="status">processed</span>' in html
+    assert re.findall(r"<strong>(.*?)</strong>", html) == [
+        "received",
+        "attempt 1 failed",
+        "attempt 2 failed",
+        f"dead-lettered as dead letter {dl_id}",
+        f"replay of the dead letter {dl_id} queued, asked by console",
+        "processed (attempt 3)",
+    ]
+    assert "<dt>attempts</dt><dd>3</dd>" in html
+    assert f'id="dead-letter-link">#{dl_id}</a>' in html and 'id="dead-letter-applied"' in html
+    # and so does the API, and the dead letter is found among the replayed ones
+    shown = await (await client.get("/api/events/flaky/r-1", headers=BEARER)).json()
+    assert (shown["attempts"], shown["dead_letter_id"]) == (3, dl_id)
+    assert shown["timeline"][4]["by"] == "console"
+    replayed = await (await client.get("/dead-letters?replayed=yes")).text()
+    assert f'name="id" value="{dl_id}"' in replayed and ">applied</span>" in replayed
 
 
 async def test_purge_every_dead_letter_the_filter_matches_after_confirmation(
@@ -943,6 +965,8 @@ async def test_events_are_replayed_as_their_state_allows(
     assert answer.status == 202
     assert await answer.json() == {"replayed": "ignored", "source": "late", "event_id": "i-1"}
     assert queued(redis_client, settings) == 1
+    shown = await (await client.get("/api/events/late/i-1", headers=BEARER)).json()
+    assert shown["timeline"][-1]["what"] == "replay of the event queued, asked by api"
     # When an operator replays the dead one from its page
     csrf = await logged_in(client)
     html = await (await client.get("/events/flaky/d-1")).text()
