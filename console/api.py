@@ -170,7 +170,8 @@ async def job(request: web.Request) -> web.Response:
     found = request.app[JOBS].get(path_id(request.match_info["id"]))
     if found is None:
         raise NotFound(f"no job {request.match_info['id']}")
-    return answer(found.to_json())
+    outcome = await asyncio.to_thread(found.outcome, ops(request))
+    return answer(found.to_json(outcome))
 
 
 async def rejections(request: web.Request) -> web.Response:

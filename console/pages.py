@@ -38,6 +38,8 @@ PRETTY_MAX = 1024 * 1024
 #: seconds between two refreshes of the overview, and of a bulk action's progress
 OVERVIEW_REFRESH = 5
 JOB_REFRESH = 1
+#: seconds between two refreshes of a replay's page while the workers run its events
+OUTCOME_REFRESH = 3
 #: dead letters named one by one on a confirmation page
 CONFIRM_SHOWN = 20
 #: the form's buttons on the dead-letter list: (action, scope)
@@ -398,12 +400,15 @@ async def job(request: web.Request) -> web.Response:
     found = request.app[JOBS].get(path_id(request.match_info["id"]))
     if found is None:
         raise NotFound(f"no job {request.match_info['id']} (jobs are kept until the console stops)")
+    outcome = await asyncio.to_thread(found.outcome, ops(request))
+    waiting = bool(outcome and outcome["waiting"])
     return render(
         request,
         "job.html",
-        {"job": found},
+        {"job": found, "outcome": outcome},
         nav="dead",
-        refresh=JOB_REFRESH if found.running else None,
+        # while it runs, and then while the workers still hold some of its events
+        refresh=JOB_REFRESH if found.running else (OUTCOME_REFRESH if waiting else None),
     )
 
 

@@ -404,7 +404,11 @@ def dlq_replay(
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
-    click.echo(f"replayed {done} dead letter(s)")
+    click.echo(
+        f"queued {done} dead letter(s) again: the workers run them now;"
+        " `hookline dlq list --replayed` shows which were processed, `hookline dlq list` which"
+        " died again"
+    )
     if missing:
         not_found("dead letter", missing)
 
@@ -565,7 +569,10 @@ def events_replay(
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
-    click.echo(f"replayed {done} event(s)")
+    click.echo(
+        f"queued {done} event(s) again: the workers run them now; `hookline events show SOURCE"
+        " EVENT_ID` shows how each ends"
+    )
 
 
 def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple[str, str]] | None:
@@ -579,7 +586,10 @@ def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple
         return [(source, event_id)]
     if kind == "dead" and detail.dead_letter is not None:
         list(ops.replay_dead([detail.dead_letter["id"]], by="cli"))
-        click.echo(f"replayed dead letter {detail.dead_letter['id']}")
+        click.echo(
+            f"queued dead letter {detail.dead_letter['id']} again: the workers run it now;"
+            f" `hookline events show {source} {event_id}` shows how it ends"
+        )
         return None
     why = "its body is no longer kept" if detail.row["status"] == "ignored" else "nothing to do"
     click.echo(f"event {source} {event_id} is {detail.row['status']}: {why}")

@@ -8,8 +8,9 @@ Names in the answers are the ones the JSON API and ``--json`` show.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis import Redis
@@ -153,6 +154,9 @@ class Operations:
         """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
         return deadletters.replay(self.engine, self.redis, spec, ids, on_each, by=by)
+
+    def replay_outcomes(self, queued: Mapping[int, dt.datetime]) -> dict[int, str]:
+        return deadletters.replay_outcomes(self.engine, queued)
 
     def purge_dead(self, ids: Sequence[int]) -> int:
         return deadletters.purge(self.engine, ids)

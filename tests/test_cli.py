@@ -259,7 +259,7 @@ def test_missing_dead_letter_ids_are_exit_3_with_one_line_everywhere(
     # When one id exists and the other does not, the one that exists is replayed
     result = runner.invoke(main, ["dlq", "replay", str(dl_id), "99999", "--config", config])
     assert result.exit_code == 3
-    assert "replayed 1 dead letter(s)" in result.stdout
+    assert "\nqueued 1 dead letter(s) again: the workers run them now;" in result.stdout
     assert result.stderr == "hookline: no dead letter 99999\n"
     assert Queue("hookline", connection=redis_client).count == 1
     # and purged

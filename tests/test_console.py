@@ -840,7 +840,9 @@ async def test_an_operator_replays_a_dead_letter_found_by_filter(
     job = await wait_job(client, int(answer.headers["Location"].rsplit("/", 1)[1]))
     assert (job["state"], job["done"], job["applied"], job["total"]) == ("done", 1, 1, 1)
     page = await (await client.get(answer.headers["Location"])).text()
-    assert "1 of 1 handled: 1 replayed" in page and "data-refresh" not in page
+    assert "1 of 1 handled: 1 queued again" in page
+    assert '0 processed, 0 <a href="/dead-letters">dead again</a>, 1 still waiting' in page
+    assert "data-refresh" in page
     assert queued(redis_client, settings) == 1
     # When the handler is fixed and a worker runs
     (state / "fail_r-1").unlink()
@@ -1082,3 +1084,31 @@ async def test_a_slow_query_never_holds_up_the_rest_of_the_console(
     assert status.status == 200 and time.monotonic() - start < 0.5
     assert (await slow).status == 200
     ops.close()
+
+
+async def test_a_bulk_replay_says_what_became_of_its_events(
+    client: TestClient, redis_client: redis.Redis, settings: Settings, env: dict[str, Any]
+) -> None:
+    # Given two dead letters, one whose handler is fixed and one that will fail again
+    fixed, failing = make_dead(redis_client, settings, env["state"], "o-1", "o-2")
+    (env["state"] / "fail_o-1").unlink()
+    # When a script replays both
+    answer = await client.post(
+        "/api/dead-letters/replay", json={"ids": [fixed, failing]}, headers=BEARER
+    )
+    job = await wait_job(client, (await answer.json())["job"]["id"])
+    # Then the job says both were queued again, and that the workers have yet to run them
+    assert (job["state"], job["applied"]) == ("done", 2)
+    assert job["outcome"] == {"processed": 0, "dead again": 0, "waiting": 2, "gone": 0}
+    await logged_in(client)
+    page = await (await client.get(f"/jobs/{job['id']}")).text()
+    assert "2 of 2 handled: 2 queued again" in page and 'id="state">queued again<' in page
+    assert "data-refresh" in page  # it follows them
+    # When a worker runs them
+    run_worker(redis_client, settings)
+    # Then the job says one was processed and one died again at once, on the API and the page
+    job = await (await client.get(f"/api/jobs/{job['id']}", headers=BEARER)).json()
+    assert job["outcome"] == {"processed": 1, "dead again": 1, "waiting": 0, "gone": 0}
+    page = await (await client.get(f"/jobs/{job['id']}")).text()
+    assert '1 processed, 1 <a href="/dead-letters">dead again</a>, 0 still waiting' in page
+    assert 'id="state">some dead again<' in page and "data-refresh" not in page

@@ -5,7 +5,7 @@ body, redacted headers and every attempt's error, for operators to list, show, r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,6 +250,38 @@ def replay(
         if on_each:
             on_each(dl_id, job.id)
         yield dl_id
+
+
+#: what became of a dead letter queued again: its replay applied it, it died again, it is still
+#: with the workers (queued or waiting to retry), or it was purged meanwhile
+OUTCOMES = ("processed", "dead again", "waiting", "gone")
+
+
+def replay_outcomes(engine: Engine, queued: Mapping[int, dt.datetime]) -> dict[int, str]:
+    """What became of each dead letter queued again at the time given: one of :data:`OUTCOMES`."""
+    if not queued:
+        return {}
+    with engine.connect() as conn:
+        found = {
+            r.id: r
+            for r in conn.execute(
+                select(
+                    dead_letters.c.id, dead_letters.c.applied_at, dead_letters.c.failed_at
+                ).where(dead_letters.c.id.in_(list(queued)))
+            )
+        }
+    out = {}
+    for dl_id, at in queued.items():
+        row = found.get(dl_id)
+        if row is None:
+            out[dl_id] = "gone"
+        elif row.applied_at is not None and as_utc(row.applied_at) >= at:
+            out[dl_id] = "processed"
+        elif as_utc(row.failed_at) >= at:
+            out[dl_id] = "dead again"
+        else:
+            out[dl_id] = "waiting"
+    return out
 
 
 def purge(engine: Engine, ids: Sequence[int]) -> int:
