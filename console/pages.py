@@ -27,7 +27,7 @@ from console.queries import (
     path_id,
 )
 from console.templating import segment
-from hookline.ops import body_for_humans
+from hookline.ops import FIGURES, body_for_humans
 from shared.eventlog import STATUSES, Page
 
 STATIC = Path(__file__).parent / "static"
@@ -179,7 +179,11 @@ async def logout(request: web.Request) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     status = await asyncio.to_thread(ops(request).status, details=True)
     return render(
-        request, "overview.html", {"status": status}, nav="overview", refresh=OVERVIEW_REFRESH
+        request,
+        "overview.html",
+        {"status": status, "figures": FIGURES},
+        nav="overview",
+        refresh=OVERVIEW_REFRESH,
     )
 
 

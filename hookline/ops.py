@@ -33,6 +33,27 @@ def connect_redis(settings: Settings) -> Redis:
     return redisconn.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
 
 
+#: the figures of ``hookline status`` and the console's overview, in order: key, label, and
+#: what it counts, in one line. (``failed_jobs``, RQ's FailedJobRegistry, is only in the JSON:
+#: it repeats the dead letters in RQ's form, the job of each event that ended dead-lettered,
+#: kept 7 days for RQ's own tools.)
+FIGURES = (
+    ("queued", "queued", "events waiting for a worker"),
+    ("running", "running", "events a worker is applying now"),
+    (
+        "waiting_to_retry",
+        "waiting to retry",
+        "events whose last attempt failed, tried again after their backoff",
+    ),
+    (
+        "dead_letters",
+        "dead letters",
+        "events that failed every attempt or permanently: inspect, replay or purge them",
+    ),
+    ("workers_alive", "workers alive", "worker processes with a recent heartbeat"),
+)
+
+
 class Operations:
     """One deployment as its operators see it."""
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from hookline.ops import body_for_humans
+from hookline.ops import FIGURES, body_for_humans
 from shared.eventlog import EventDetail
 from shared.traffic import Rejection
 
@@ -41,16 +41,11 @@ def _row(table: Table, *values: Any) -> None:
 
 
 def status(data: dict[str, Any]) -> None:
+    """The console overview's figures, each with what it counts."""
     table = Table(show_header=False, box=None)
-    for label, key in (
-        ("queue", "queue"),
-        ("queued", "queued"),
-        ("running", "running"),
-        ("waiting to retry", "waiting_to_retry"),
-        ("dead letters", "dead_letters"),
-        ("workers alive", "workers_alive"),
-    ):
-        table.add_row(label, escape(str(data[key])))
+    table.add_row("queue", escape(str(data["queue"])), "")
+    for key, label, meaning in FIGURES:
+        table.add_row(label, escape(str(data[key])), f"[dim]{escape(meaning)}[/dim]")
     console.print(table)
 
 

@@ -1112,3 +1112,47 @@ async def test_a_bulk_replay_says_what_became_of_its_events(
     page = await (await client.get(f"/jobs/{job['id']}")).text()
     assert '1 processed, 1 <a href="/dead-letters">dead again</a>, 0 still waiting' in page
     assert 'id="state">some dead again<' in page and "data-refresh" not in page
+
+
+async def test_the_overview_and_hookline_status_show_the_same_figures_each_explained(
+    client: TestClient,
+    redis_client: redis.Redis,
+    settings: Settings,
+    env: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from hookline.cli import main
+
+    # Given a dead letter (its RQ job in RQ's failed registry too) and a queued event
+    make_dead(redis_client, settings, env["state"], "f-1")
+    deliver(redis_client, settings, "moncash", n=1)
+    await logged_in(client)
+    # When the operator reads the overview and runs `hookline status`
+    html = await (await client.get("/")).text()
+    monkeypatch.setenv("HOOKLINE_CONSOLE_TOKEN", TOKEN)
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = CliRunner().invoke(main, ["status", "--config", str(env["config"])])
+    assert shown.exit_code == 0, shown.output
+    # Then both show the same figures, each with the one line saying what it counts
+    tiles = re.findall(
+        r'<div class="tile[^"]*" title="([^"]+)">(?:<a href="[^"]+">)?'
+        r'<span class="n" id="[a-z-]+">(\d+)</span> ([a-z ]+?)(?:</a>)?\s*'
+        r'<small class="meaning">([^<]+)</small>',
+        html,
+    )
+    assert [label for _, _, label, _ in tiles] == [
+        "queued",
+        "running",
+        "waiting to retry",
+        "dead letters",
+        "workers alive",
+    ]
+    lines = [" ".join(line.split()) for line in shown.output.splitlines()]
+    for title, n, label, meaning in tiles:
+        assert title == meaning
+        assert f"{label} {n} {html_module.unescape(meaning)}" in lines, shown.output
+    assert ("dead letters", "1") in [(label, n) for _, n, label, _ in tiles]
+    # And "failed jobs" (RQ's copy of the dead-lettered jobs) is shown by neither
+    assert "failed jobs" not in html and "failed jobs" not in shown.output
