@@ -5,8 +5,6 @@ text}`` with the status the README lists."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import decimal
 import json
 from functools import partial
 from typing import Any
@@ -26,6 +24,7 @@ from console.queries import (
     path_id,
 )
 from hookline.ops import dead_letter_json, event_json
+from shared.times import json_default
 
 #: ids one bulk request may name; more go by filter (``"all": true``)
 MAX_IDS = 10_000
@@ -47,19 +46,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/rejections", rejections)
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
 def answer(data: Any, status: int = 200) -> web.Response:
     return web.json_response(
-        data, status=status, dumps=partial(json.dumps, default=_default, ensure_ascii=False)
+        data, status=status, dumps=partial(json.dumps, default=json_default, ensure_ascii=False)
     )
 
 

@@ -171,7 +171,10 @@ def _logging(level: int = logging.INFO) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Values as stored; times in ISO 8601."""
+    from shared.times import json_default
+
+    click.echo(json.dumps(data, indent=2, default=json_default))
 
 
 @click.group()

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hookline.ops import FIGURES, body_for_humans
 from shared.eventlog import EventDetail
+from shared.times import for_people
 from shared.traffic import Rejection
 
 #: piped or redirected output gets wide lines rather than tables folded to 80 columns
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def when(value: dt.datetime | None, never: str = "-") -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else never
+    return for_people(value, never)
 
 
 def _table(*columns: str) -> Table:
@@ -89,7 +90,8 @@ def dead_letter(row: dict[str, Any]) -> None:
     console.print("[bold]attempts[/bold]")
     for err in row["errors"]:
         kind = "permanent" if err.get("permanent") else "transient"
-        console.print(f"  #{err['attempt']} {err['at']} ({kind}): {err['error']}", markup=False)
+        at = for_people(err.get("at"))
+        console.print(f"  #{err['attempt']} {at} ({kind}): {err['error']}", markup=False)
     _body(row["body"])
 
 

@@ -697,6 +697,10 @@ async def test_an_events_timeline_headers_and_body_are_shown(
     # Then its page shows each step, its body pretty-printed, and no replay button
     steps = re.findall(r"<strong>(.*?)</strong>", html)
     assert steps == ["received", "attempt 1 failed", "processed (attempt 2)"]
+    # with its times as the CLI prints them, UTC with its zone
+    times = re.findall(r"<time>([^<]*)</time>", html)
+    assert len(times) == 3
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t) for t in times), times
     assert "transient failure, 0 more to come" in html
     assert "&#34;id&#34;: &#34;t-1&#34;" in html
     assert 'id="replay"' not in html and "nothing to replay" in html

@@ -434,3 +434,42 @@ def test_migration_0003_upgrades_a_database_in_place(env: dict[str, Any], engine
     ]
     [listed] = json.loads(invoke("dlq", "list", "--config", env["config"], "--json").output)
     assert (listed["event_id"], listed["applied_at"]) == ("o-1", None)
+
+
+PEOPLE_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+
+
+def _iso_utc(value: str) -> bool:
+    return "T" in value and dt.datetime.fromisoformat(value).utcoffset() == dt.timedelta(0)
+
+
+def test_times_read_the_same_for_people_everywhere_and_iso_8601_in_json(
+    env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    import re
+
+    settings: Settings = env["settings"]
+    config = env["config"]
+    # Given a dead event (one attempt failed before it died)
+    (env["state"] / "fail_t-1").write_text("99")
+    deliver(redis_client, settings, "flaky", body=body({"id": "t-1", "type": "x"}))
+    run_worker(redis_client, settings)
+    [dead] = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    # Then the tables, the details and the timelines show one form, UTC with its zone
+    for args in (
+        ["events", "list"],
+        ["events", "show", "flaky", "t-1"],
+        ["dlq", "list"],
+        ["dlq", "show", str(dead["id"])],
+    ):
+        shown = invoke(*args, "--config", config).output
+        times = re.findall(r"\d{4}-\d\d-\d\d[ T][0-9:.+]+(?: UTC|Z)?", shown)
+        assert times and all(re.fullmatch(PEOPLE_TIME, t) for t in times), (args, times)
+    # And every --json holds ISO 8601 times with their offset
+    listed = events_json(config)["events"][0]
+    assert _iso_utc(listed["received_at"]) and _iso_utc(listed["processed_at"])
+    detail = json.loads(
+        invoke("events", "show", "flaky", "t-1", "--config", config, "--json").output
+    )
+    assert all(_iso_utc(step["at"]) for step in detail["timeline"])
+    assert _iso_utc(dead["failed_at"]) and _iso_utc(dead["received_at"])
