@@ -720,7 +720,12 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
 )
 @one_line_errors
 def dev(config_path: str | None, port: int) -> None:
-    """Everything in one process tree: embedded Redis, SQLite, the ingress and a worker."""
+    """Everything in one process tree on this machine: an embedded Redis, SQLite, the ingress
+    on 127.0.0.1:PORT, a worker, and the console on the port after (its login URL printed).
+
+    Without a configuration it writes a demo hookline.toml here (three sources with fresh
+    secrets, a console token), shown once. Its data (Redis's append-only file and log, the
+    SQLite database) goes to .hookline/ beside the configuration. Ctrl-C stops all of it."""
     from hookline.dev import run_dev
 
     sys.exit(run_dev(config_path, port))

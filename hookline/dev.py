@@ -69,7 +69,7 @@ max_attempts = 3
 backoff_seconds = [2, 5]
 
 [console]
-token = "{console}"   # what you log in to the console with (http://127.0.0.1:8081)
+token = "{console}"   # what you log in to the console with (its URL: hookline dev's banner)
 
 [sources.moncash]
 scheme = "moncash"
@@ -422,6 +422,9 @@ def _start_redis(port: int, data_dir: Path, children: Children, env: dict[str, s
             "",
             "--loglevel",
             "warning",
+            # its banner and warnings (memory overcommit...) go to a file, not the dev window
+            "--logfile",
+            str(data_dir / "redis.log"),
         ],
         env,
     )
