@@ -20,6 +20,13 @@ import click
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from hookline.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandFailed,
+)
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
 from shared.eventlog import FilterError
@@ -28,21 +35,6 @@ if TYPE_CHECKING:
     from hookline.ops import Operations
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: exit statuses, as the README's "Commands" section lists them
-EXIT_OK = 0
-EXIT_UNREACHABLE = 1  # a service (Redis, the database, the ingress) cannot be reached
-EXIT_USAGE = 2  # a usage or configuration error, a port already in use
-EXIT_NOT_FOUND = 3  # an id given on the command line does not exist
-EXIT_INTERRUPTED = 130  # `dlq replay` stopped by Ctrl-C, after saying how far it got
-
-
-class CommandFailed(Exception):
-    """Raised below a command: ``hookline: <message>`` on stderr and exit ``status``."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def fail(message: str, status: int) -> NoReturn:
@@ -732,8 +724,4 @@ def dev(config_path: str | None, port: int) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m hookline.cli`, as dev runs its children
-    # run the module as imported under its own name: the CommandFailed that hookline.dev and
-    # hookline.ops raise must be the class the commands here catch, not a __main__ copy of it
-    from hookline.cli import main as imported_main
-
-    imported_main()
+    main()

@@ -36,7 +36,7 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
-from hookline.cli import EXIT_USAGE, CommandFailed
+from hookline.exits import EXIT_USAGE, CommandFailed
 from shared.config import (
     CONSOLE_TOKEN_VARIABLE,
     DEFAULT_CONFIG_FILE,
