@@ -710,8 +710,14 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
     metavar="PORT",
     help="Port for the ingress (on 127.0.0.1).",
 )
+@click.option(
+    "--reload/--no-reload",
+    default=True,
+    help="Restart the worker when a handler module or the configuration changes (on by"
+    " default; the ingress and the console too for the configuration).",
+)
 @one_line_errors
-def dev(config_path: str | None, port: int) -> None:
+def dev(config_path: str | None, port: int, reload: bool) -> None:
     """Everything in one process tree on this machine: an embedded Redis, SQLite, the ingress
     on 127.0.0.1:PORT, a worker, and the console on the port after (its login URL printed).
 
@@ -720,7 +726,7 @@ def dev(config_path: str | None, port: int) -> None:
     SQLite database) goes to .hookline/ beside the configuration. Ctrl-C stops all of it."""
     from hookline.dev import run_dev
 
-    sys.exit(run_dev(config_path, port))
+    sys.exit(run_dev(config_path, port, reload=reload))
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m hookline.cli`, as dev runs its children

@@ -363,29 +363,46 @@ class Children:
 
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._how: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         # a process group of its own: Ctrl-C reaches only `hookline dev`, which then stops
         # the children in order (worker and ingress first, Redis last)
         proc = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
         self.procs.append((name, proc))
+        self._how[name] = (argv, env)
         return proc
 
-    def dead(self) -> str | None:
+    def restart(self, name: str) -> None:
+        """Stop the child ``name`` (if it still runs) and start it again, in its place."""
+        position = next(i for i, (n, _) in enumerate(self.procs) if n == name)
+        _stop(self.procs[position][1])
+        argv, env = self._how[name]
+        proc = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
+        self.procs[position] = (name, proc)
+
+    def dead(self, ignore: frozenset[str] = frozenset()) -> str | None:
         for name, proc in self.procs:
-            if proc.poll() is not None:
+            if name not in ignore and proc.poll() is not None:
                 return name
         return None
 
+    def exit_status(self, name: str) -> int | None:
+        return next(proc.poll() for n, proc in self.procs if n == name)
+
     def stop(self) -> None:
         for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _ensure_config(config_path: str | None) -> Path:
@@ -471,7 +488,58 @@ def _banner(settings: Settings, path: Path, base: str, console: ConsolePlan) -> 
     click.echo("Ctrl-C stops everything.")
 
 
-def run_dev(config_path: str | None, port: int) -> int:
+class Reloader:
+    """``--reload``: restarts the worker when a handler module changes, and the worker, the
+    ingress and the console when the configuration does (once it loads: a configuration with a
+    mistake is named in one line and the running processes go on). A worker that stops on its
+    own (a handler module that does not import) is started again at the next change."""
+
+    def __init__(self, path: Path, settings: Settings, children: Children) -> None:
+        from hookline import reload
+
+        self.path = path.resolve()
+        self.children = children
+        self.watcher = reload.Watcher(reload.watched(settings, path))
+        self.worker_down = False
+
+    def start(self) -> None:
+        self.watcher.start()
+        click.echo("reload: on (a change of a handler module or of the configuration restarts)")
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def tick(self) -> None:
+        from hookline import reload
+
+        if not self.worker_down and self.children.dead(frozenset({"redis"})) == "worker":
+            self.worker_down = True
+            click.echo(
+                f"hookline dev: the worker stopped (exit {self.children.exit_status('worker')}):"
+                " it starts again when a handler module or the configuration changes",
+                err=True,
+            )
+        changed = self.watcher.take()
+        if not changed:
+            return
+        restart = ["worker"]
+        if self.path in changed:
+            try:
+                settings = load_settings(self.path)
+            except ConfigError as err:
+                click.echo(f"hookline dev: {self.path.name} not reloaded: {err}", err=True)
+                return
+            self.watcher.watch(reload.watched(settings, self.path))
+            restart = ["worker", "ingress", "console"]
+        click.echo(
+            f"hookline dev: {reload.describe(changed)} changed: restarting the {', '.join(restart)}"
+        )
+        for name in restart:
+            self.children.restart(name)
+        self.worker_down = False
+
+
+def run_dev(config_path: str | None, port: int, *, reload: bool = True) -> int:
     from workers.runtime import load_handlers
 
     path = _ensure_config(config_path)
@@ -485,6 +553,7 @@ def run_dev(config_path: str | None, port: int) -> int:
     _sqlite_dir(settings.database_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(path.resolve()), "PYTHONUNBUFFERED": "1"}
     children = Children()
+    reloader = Reloader(path, settings, children) if reload else None
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -510,11 +579,16 @@ def run_dev(config_path: str | None, port: int) -> int:
         _wait(lambda: _healthy(f"{base}/healthz"), "the ingress", children)
         _wait(lambda: _healthy(f"http://127.0.0.1:{console.port}/login"), "the console", children)
         _banner(settings, path, base, console)
+        if reloader is not None:
+            reloader.start()
         while not stopping:
-            dead = children.dead()
+            # with --reload a worker that stops waits for the next change
+            dead = children.dead(frozenset({"worker"}) if reloader else frozenset())
             if dead:
                 click.echo(f"hookline dev: the {dead} process exited; stopping", err=True)
                 return 1
+            if reloader is not None:
+                reloader.tick()
             time.sleep(0.2)
         return 0
     except RuntimeError as err:
@@ -522,5 +596,7 @@ def run_dev(config_path: str | None, port: int) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if reloader is not None:
+            reloader.stop()
         children.stop()
         click.echo("hookline dev: stopped")

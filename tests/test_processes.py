@@ -537,3 +537,78 @@ def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, redis_url:
         f"hookline: error while attempting to bind on address ('127.0.0.1', {port}):"
         " address already in use: pass another port"
     ]
+
+
+def _hook(version: str) -> str:
+    return (
+        "from hookline import on\n\n\n"
+        '@on("github", "ping")\n'
+        "def ping(event, session):\n"
+        f'    print("hook {version}", event.event_id, flush=True)\n'
+    )
+
+
+def test_dev_reloads_the_worker_when_a_handler_or_the_configuration_changes(
+    tmp_path: Path,
+) -> None:
+    # Given `hookline dev` running the demo configuration, a handler module beside it but not
+    # yet listed
+    from hookline.dev import demo_config
+
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
+    config = tmp_path / "hookline.toml"
+    config.write_text(demo_config().replace("6390", str(redis_port)))
+    (tmp_path / "myhooks.py").write_text(_hook("v1"))
+    log = tmp_path / "dev.log"
+    base = f"http://127.0.0.1:{port}"
+
+    def send_and_see(text: str) -> None:
+        sent = subprocess.run(
+            hookline("send", "github", "--url", base),
+            env=env_for(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_until(lambda: text in log.read_text(), 60, f"the handler printing {text!r}")
+
+    def restarted(times: int) -> None:
+        wait_until(
+            lambda: log.read_text().count("changed: restarting the worker") == times,
+            30,
+            f"restart {times}",
+        )
+
+    with processes() as procs:
+        dev = start_dev(procs, tmp_path, port)
+        assert "reload: on" in log.read_text()
+        # When the user lists the module in hookline.toml (no restart of dev)
+        config.write_text(
+            config.read_text().replace("[worker]\n", '[worker]\nhandlers = ["myhooks"]\n')
+        )
+        # Then dev restarts the worker, the ingress and the console, and the handler runs
+        restarted(1)
+        assert "hookline.toml changed: restarting the worker, ingress, console" in log.read_text()
+        wait_until(lambda: http_ok(f"{base}/healthz"), 30, "the ingress again")
+        send_and_see("hook v1")
+        # When the handler is edited, Then the worker runs the new code
+        (tmp_path / "myhooks.py").write_text(_hook("v2"))
+        restarted(2)
+        assert "myhooks.py changed: restarting the worker\n" in log.read_text()
+        send_and_see("hook v2")
+        # When the edit breaks the module, Then the worker stops saying why, dev goes on
+        (tmp_path / "myhooks.py").write_text(_hook("v3").rsplit("    print", 1)[0])
+        restarted(3)
+        wait_until(lambda: "the worker stopped (exit 2)" in log.read_text(), 30, "the worker")
+        assert "cannot import 'myhooks': IndentationError" in log.read_text()
+        assert dev.poll() is None
+        # and the fix brings it back
+        (tmp_path / "myhooks.py").write_text(_hook("v3"))
+        restarted(4)
+        send_and_see("hook v3")
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0
