@@ -302,7 +302,7 @@ def test_dlq_show_speaks_to_people_and_json_keeps_the_stored_values(
     (cli_env["state"] / "poison").unlink()
     assert invoke("dlq", "replay", str(dl_id), "--config", config).exit_code == 0
     shown = invoke("dlq", "show", str(dl_id), "--config", config).output
-    assert re.search(r"  replayed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(1 time\)\n", shown), shown
+    assert re.search(r"  replayed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(1 time\)\n", shown), shown
 
 
 def test_a_relative_sqlite_path_in_the_file_is_relative_to_the_file(

@@ -175,7 +175,7 @@ def _record_steps(
                 source, event_id, now, item.status, attempt=got.before + item.delivery.attempt
             )
         )
-        if item.envelope.replay is not None and errors:
+        if got.before and errors:  # a row taken over keeps its errors: this run's are added
             conn.execute(
                 update(webhook_events)
                 .where(webhook_events.c.id == got.id)
