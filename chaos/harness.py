@@ -962,6 +962,8 @@ secrets = ["{keys["moncash"]}"]
                         dead_letters.c.replays,
                         dead_letters.c.errors,
                     )
+                    # still dead: a dead letter a replay applied is kept, marked applied
+                    .where(dead_letters.c.applied_at.is_(None))
                 )
             }
             effects = {
@@ -1046,10 +1048,12 @@ secrets = ["{keys["moncash"]}"]
 
         def no_dead_letters() -> bool:
             with self.engine.connect() as conn:
-                return (
-                    int(conn.execute(select(func.count()).select_from(dead_letters)).scalar_one())
-                    == 0
+                still_dead = (
+                    select(func.count())
+                    .select_from(dead_letters)
+                    .where(dead_letters.c.applied_at.is_(None))
                 )
+                return int(conn.execute(still_dead).scalar_one()) == 0
 
         drain = self.wait_drained(self.profile.replay_timeout, "replay", extra=no_dead_letters)
         after = self.tables()
