@@ -414,6 +414,11 @@ def dlq_replay(
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (with the filters below).")
 @older_than_option
 @source_option("dead letters from this source")
+@click.option(
+    "--replayed",
+    is_flag=True,
+    help="With --all: those replayed instead (applied by their replay, or dead again).",
+)
 @one_line_errors
 def dlq_purge(
     config_path: str | None,
@@ -421,6 +426,7 @@ def dlq_purge(
     all_: bool,
     older_than: float | None,
     source: str | None,
+    replayed: bool,
 ) -> None:
     """Delete dead letters (--older-than alone means --all --older-than)."""
     from workers.deadletters import older_than as older
@@ -430,7 +436,8 @@ def dlq_purge(
     given = _ids_or_all(ids, all_)
     with _ops(config_path) as ops:
         if given is None:
-            todo = ops.dead_letter_ids(replace(older(older_than), source=source))
+            flt = replace(older(older_than), source=source, replayed=True if replayed else None)
+            todo = ops.dead_letter_ids(flt)
             missing: list[int] = []
         else:
             todo, missing = _given(ops, given, source)

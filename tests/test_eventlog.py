@@ -364,6 +364,11 @@ def test_a_replayed_event_keeps_its_whole_story(
     [kept] = json.loads(invoke("dlq", "list", "--replayed", "--config", config, "--json").output)
     assert kept["id"] == dl_id and kept["applied_at"] is not None
     assert "(applied)" in invoke("dlq", "list", "--replayed", "--config", config).output
+    # And once purged with the replayed ones, the event still names it
+    purged = invoke("dlq", "purge", "--all", "--replayed", "--config", config)
+    assert purged.output == "purged 1 dead letter(s)\n"
+    text = invoke("events", "show", "flaky", "f-1", "--config", config).output
+    assert f"dead letter: {dl_id} (purged)" in text
 
 
 def test_a_replay_that_dies_again_adds_its_steps(
