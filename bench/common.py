@@ -389,7 +389,8 @@ def truncate_tables() -> None:
 
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE event_bodies, webhook_events, payments, dead_letters RESTART IDENTITY"
+            "TRUNCATE event_bodies, event_steps, webhook_events, payments, dead_letters"
+            " RESTART IDENTITY"
         )
 
 

@@ -35,28 +35,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
 import random
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from chaos import report
 from chaos.handlers import EFFECTS_TABLE_DDL, SLOW_ENV, STATE_ENV
 from chaos.sender import Key, Mix, Sender
 from chaos.services import PostgresCluster, RedisServer, Restart, Supervisor, snapshot_code
@@ -334,7 +329,8 @@ class Harness:
             conn.execute(text(EFFECTS_TABLE_DDL))
             conn.execute(
                 text(
-                    "TRUNCATE event_bodies, webhook_events, payments, dead_letters, chaos_effects"
+                    "TRUNCATE event_bodies, event_steps, webhook_events, payments, dead_letters,"
+                    " chaos_effects"
                     " RESTART IDENTITY"
                 )
             )
@@ -966,6 +962,8 @@ secrets = ["{keys["moncash"]}"]
                         dead_letters.c.replays,
                         dead_letters.c.errors,
                     )
+                    # still dead: a dead letter a replay applied is kept, marked applied
+                    .where(dead_letters.c.applied_at.is_(None))
                 )
             }
             effects = {
@@ -1050,10 +1048,12 @@ secrets = ["{keys["moncash"]}"]
 
         def no_dead_letters() -> bool:
             with self.engine.connect() as conn:
-                return (
-                    int(conn.execute(select(func.count()).select_from(dead_letters)).scalar_one())
-                    == 0
+                still_dead = (
+                    select(func.count())
+                    .select_from(dead_letters)
+                    .where(dead_letters.c.applied_at.is_(None))
                 )
+                return int(conn.execute(still_dead).scalar_one()) == 0
 
         drain = self.wait_drained(self.profile.replay_timeout, "replay", extra=no_dead_letters)
         after = self.tables()
@@ -1193,59 +1193,3 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.workers < 2:
         parser.error("--workers must be at least 2")
     return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    harness = Harness(args)
-    status = 2
-    keep = args.keep_workdir
-    try:
-        harness.setup()
-        harness.inject()
-        drain = harness.wait_drained(
-            harness.profile.drain_timeout, "drain after the sender stopped"
-        )
-        report.measure(harness, harness.tables(), drain)
-        harness.replay()
-        harness.results["redis_keys"] = harness.redis_key_census()
-        harness.results["targets"] = report.targets(harness.results)
-        missed = [t for t in harness.results["targets"] if t["result"] == "MISS"]
-        status = 1 if missed else 0
-        keep = keep or bool(missed)
-    except (Exception, KeyboardInterrupt) as err:
-        harness.errors.append(f"run aborted: {err!r}")
-        keep = True
-        status = 2 if isinstance(err, Exception) else 130
-        print(f"[chaos] run aborted: {err!r}", file=sys.stderr, flush=True)
-        traceback.print_exc()
-    finally:
-        harness.teardown(keep)
-        harness.results.update(
-            {
-                "command": command,
-                "profile": asdict(harness.profile),
-                "rate": args.rate,
-                "fsync": args.fsync,
-                "seed": args.seed,
-                "database": harness.pg_note,
-                "code": harness.code_version,
-                "rq_scheduler_lock_holders": harness.scheduler_lock,
-                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
-                "wall_seconds": round(time.time() - harness.started, 1),
-                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
-                "harness_errors": harness.errors,
-                "workdir_kept": str(harness.work) if keep else None,
-                "exit_status": status,
-            }
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(harness.results, indent=2, default=str))
-        if "targets" in harness.results:
-            report.print_summary(harness, command)
-        else:
-            print(f"[chaos] incomplete results written to {args.out}", flush=True)
-    return status

@@ -2,7 +2,8 @@
 
 ``python chaos/run.py [--minutes M] [--rate R] [--fsync everysec|always] [--out FILE]``: the
 main run (workers killed and frozen, Redis killed, PostgreSQL restarted under provider-like
-traffic); see :mod:`chaos.harness`.
+traffic); see :mod:`chaos.harness`
+(the run) and :mod:`chaos.report` (its checks and summary), tied together here.
 
 ``python chaos/run.py --scenario failover [--seconds S] [--rate R] [--modes 1,0] [--out FILE]``:
 a Redis primary, a replica and three Sentinels under the same traffic; the primary is killed
@@ -12,12 +13,22 @@ with ``kill -9`` mid-load, once per ``[ingest] ack_replicas`` mode (both by defa
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import signal
 import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from chaos import report  # noqa: E402 - after the path above, when run as a script
+from chaos.harness import Harness, _raise_interrupt, parse_args  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -32,9 +43,65 @@ def main(argv: list[str]) -> int:
         from chaos import failover
 
         return failover.main(argv)
-    from chaos import harness
+    return faults(argv)
 
-    return harness.main(argv)
+
+def faults(argv: Sequence[str] | None = None) -> int:
+    """The main run: faults injected under traffic, then the checks and the report (the
+    harness runs it, :mod:`chaos.report` judges it; neither knows the other)."""
+    args = parse_args(argv)
+    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    harness = Harness(args)
+    status = 2
+    keep = args.keep_workdir
+    try:
+        harness.setup()
+        harness.inject()
+        drain = harness.wait_drained(
+            harness.profile.drain_timeout, "drain after the sender stopped"
+        )
+        report.measure(harness, harness.tables(), drain)
+        harness.replay()
+        harness.results["redis_keys"] = harness.redis_key_census()
+        harness.results["targets"] = report.targets(harness.results)
+        missed = [t for t in harness.results["targets"] if t["result"] == "MISS"]
+        status = 1 if missed else 0
+        keep = keep or bool(missed)
+    except (Exception, KeyboardInterrupt) as err:
+        harness.errors.append(f"run aborted: {err!r}")
+        keep = True
+        status = 2 if isinstance(err, Exception) else 130
+        print(f"[chaos] run aborted: {err!r}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+    finally:
+        harness.teardown(keep)
+        harness.results.update(
+            {
+                "command": command,
+                "profile": asdict(harness.profile),
+                "rate": args.rate,
+                "fsync": args.fsync,
+                "seed": args.seed,
+                "database": harness.pg_note,
+                "code": harness.code_version,
+                "rq_scheduler_lock_holders": harness.scheduler_lock,
+                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
+                "wall_seconds": round(time.time() - harness.started, 1),
+                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
+                "harness_errors": harness.errors,
+                "workdir_kept": str(harness.work) if keep else None,
+                "exit_status": status,
+            }
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(harness.results, indent=2, default=str))
+        if "targets" in harness.results:
+            report.print_summary(harness, command)
+        else:
+            print(f"[chaos] incomplete results written to {args.out}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

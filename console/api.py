@@ -5,8 +5,6 @@ text}`` with the status the README lists."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import decimal
 import json
 from functools import partial
 from typing import Any
@@ -26,6 +24,7 @@ from console.queries import (
     path_id,
 )
 from hookline.ops import dead_letter_json, event_json
+from shared.times import json_default
 
 #: ids one bulk request may name; more go by filter (``"all": true``)
 MAX_IDS = 10_000
@@ -48,19 +47,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/rejections", rejections)
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
 def answer(data: Any, status: int = 200) -> web.Response:
     return web.json_response(
-        data, status=status, dumps=partial(json.dumps, default=_default, ensure_ascii=False)
+        data, status=status, dumps=partial(json.dumps, default=json_default, ensure_ascii=False)
     )
 
 
@@ -97,7 +86,7 @@ async def event_body(request: web.Request) -> web.Response:
 
 async def event_replay(request: web.Request) -> web.Response:
     done = await queries.replay_event(
-        ops(request), request.match_info["source"], request.match_info["event_id"]
+        ops(request), request.match_info["source"], request.match_info["event_id"], by="api"
     )
     return answer(done, status=202)
 
@@ -169,7 +158,7 @@ async def bulk(action: str, request: web.Request) -> web.Response:
         description = f"dead letters {', '.join(map(str, ids[:20]))}" + (
             f" and {len(ids) - 20} more" if len(ids) > 20 else ""
         )
-    started = request.app[JOBS].start(action, ids, description)
+    started = request.app[JOBS].start(action, ids, description, by="api")
     return answer({"job": started.to_json(), "url": f"/api/jobs/{started.id}"}, status=202)
 
 
@@ -177,7 +166,8 @@ async def job(request: web.Request) -> web.Response:
     found = request.app[JOBS].get(path_id(request.match_info["id"]))
     if found is None:
         raise NotFound(f"no job {request.match_info['id']}")
-    return answer(found.to_json())
+    outcome = await asyncio.to_thread(found.outcome, ops(request))
+    return answer(found.to_json(outcome))
 
 
 async def rejections(request: web.Request) -> web.Response:

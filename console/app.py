@@ -246,8 +246,10 @@ async def _check_csrf(request: web.Request, expected: str) -> None:
 
 def run(settings: Settings, host: str, port: int, *, access_log: bool = True) -> None:
     """``hookline console`` (``access_log=False``: ``hookline dev``'s, which would otherwise
-    log the overview's refresh every five seconds)."""
-    log.info("console: http://%s:%d/ (log in with the [console] token)", host, port)
+    log the overview's refresh every five seconds, and whose banner gives the console's URL:
+    it is not said twice)."""
+    if access_log:
+        log.info("console: http://%s:%d/ (log in with the [console] token)", host, port)
     web.run_app(
         create_app(settings),
         host=host,

@@ -24,7 +24,7 @@ from typing import Any
 
 from hookline.ops import Operations
 from shared.db import utcnow
-from workers.deadletters import PURGE_CHUNK
+from workers.deadletters import OUTCOMES, PURGE_CHUNK
 
 log = logging.getLogger("hookline.console")
 
@@ -44,6 +44,8 @@ class Job:
     ids: Sequence[int]
     #: what the operator asked for, in words ("source flaky, type x")
     description: str
+    #: who asked (console, api), for the events' timelines
+    by: str = "console"
     started_at: dt.datetime = field(default_factory=utcnow)
     finished_at: dt.datetime | None = None
     #: ids handled so far, and of those the ones replayed or purged (the rest were gone)
@@ -51,6 +53,8 @@ class Job:
     applied: int = 0
     error: str | None = None
     stopped: bool = False
+    #: a replay's dead letters queued again, each with when (to tell what became of it)
+    queued_at: dict[int, dt.datetime] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -69,7 +73,15 @@ class Job:
             return "failed"
         return "stopped" if self.stopped else "done"
 
-    def to_json(self) -> dict[str, Any]:
+    def outcome(self, ops: Operations) -> dict[str, int] | None:
+        """A replay's count of what became of the events it queued again (``processed``,
+        ``dead again``, ``waiting``, ``gone``); None for a purge. Read from the database."""
+        if self.action != "replay":
+            return None
+        found = ops.replay_outcomes(dict(self.queued_at))
+        return {k: sum(1 for v in found.values() if v == k) for k in OUTCOMES}
+
+    def to_json(self, outcome: dict[str, int] | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "action": self.action,
@@ -79,6 +91,8 @@ class Job:
             "done": self.done,
             "applied": self.applied,
             "gone": self.done - self.applied,
+            # a replay: what became of the events queued again, so far
+            "outcome": outcome,
             "error": self.error,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
@@ -101,10 +115,10 @@ class Jobs:
     def recent(self, n: int = 10) -> list[Job]:
         return list(reversed(self._jobs.values()))[:n]
 
-    def start(self, action: str, ids: Sequence[int], description: str) -> Job:
+    def start(self, action: str, ids: Sequence[int], description: str, *, by: str) -> Job:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        job = Job(next(self._ids), action, list(ids), description)
+        job = Job(next(self._ids), action, list(ids), description, by)
         self._jobs[job.id] = job
         while len(self._jobs) > JOBS_KEPT:
             oldest = next(iter(self._jobs.values()))
@@ -133,7 +147,7 @@ class Jobs:
                 job.state,
                 job.applied,
                 job.total,
-                "replayed" if job.action == "replay" else "purged",
+                "queued again" if job.action == "replay" else "purged",
             )
 
     def _replay(self, job: Job) -> None:
@@ -142,7 +156,10 @@ class Jobs:
             if job._stop.is_set():
                 job.stopped = True
                 return
-            job.applied += len(list(self._ops.replay_dead([dl_id])))
+            asked = utcnow()
+            if list(self._ops.replay_dead([dl_id], by=job.by)):
+                job.applied += 1
+                job.queued_at[dl_id] = asked
             job.done = position
 
     def _purge(self, job: Job) -> None:

@@ -29,7 +29,7 @@ from console.queries import (
     path_id,
 )
 from console.templating import segment
-from hookline.ops import body_for_humans
+from hookline.ops import FIGURES, body_for_humans
 from shared.eventlog import STATUSES, Page
 
 STATIC = Path(__file__).parent / "static"
@@ -40,6 +40,8 @@ PRETTY_MAX = 1024 * 1024
 #: seconds between two refreshes of the overview, and of a bulk action's progress
 OVERVIEW_REFRESH = 5
 JOB_REFRESH = 1
+#: seconds between two refreshes of a replay's page while the workers run its events
+OUTCOME_REFRESH = 3
 #: dead letters named one by one on a confirmation page
 CONFIRM_SHOWN = 20
 #: the form's buttons on the dead-letter list: (action, scope)
@@ -182,7 +184,12 @@ async def overview(request: web.Request) -> web.Response:
         asyncio.to_thread(ops(request).status, details=True),
         asyncio.to_thread(ops(request).activity, span),
     )
-    context = {"status": status, "span": span, "charts": overview_charts(activity)}
+    context = {
+        "status": status,
+        "figures": FIGURES,
+        "span": span,
+        "charts": overview_charts(activity),
+    }
     return render(request, "overview.html", context, nav="overview", refresh=OVERVIEW_REFRESH)
 
 
@@ -317,7 +324,7 @@ async def event_body(request: web.Request) -> web.Response:
 async def event_replay(request: web.Request) -> web.Response:
     source, event_id = request.match_info["source"], request.match_info["event_id"]
     try:
-        done = await queries.replay_event(ops(request), source, event_id)
+        done = await queries.replay_event(ops(request), source, event_id, by="console")
     except NothingToDo as err:
         detail = await queries.event(ops(request), source, event_id)
         return render(
@@ -441,7 +448,7 @@ async def run_bulk(request: web.Request) -> web.Response:
     plan = await _plan(request, form)
     if not plan["ids"]:
         raise BadInput("no dead letter matches any more: nothing to do")
-    job_ = request.app[JOBS].start(plan["action"], plan["ids"], plan["description"])
+    job_ = request.app[JOBS].start(plan["action"], plan["ids"], plan["description"], by="console")
     raise web.HTTPSeeOther(f"/jobs/{job_.id}")
 
 
@@ -449,12 +456,15 @@ async def job(request: web.Request) -> web.Response:
     found = request.app[JOBS].get(path_id(request.match_info["id"]))
     if found is None:
         raise NotFound(f"no job {request.match_info['id']} (jobs are kept until the console stops)")
+    outcome = await asyncio.to_thread(found.outcome, ops(request))
+    waiting = bool(outcome and outcome["waiting"])
     return render(
         request,
         "job.html",
-        {"job": found},
+        {"job": found, "outcome": outcome},
         nav="dead",
-        refresh=JOB_REFRESH if found.running else None,
+        # while it runs, and then while the workers still hold some of its events
+        refresh=JOB_REFRESH if found.running else (OUTCOME_REFRESH if waiting else None),
     )
 
 

@@ -16,7 +16,7 @@ from shared.traffic import Rejection
 
 #: the filters each list takes from its query string
 EVENT_FILTERS = ("source", "type", "status", "since", "until", "event_id")
-DEAD_LETTER_FILTERS = ("source", "type", "since", "until", "event_id")
+DEAD_LETTER_FILTERS = ("source", "type", "since", "until", "event_id", "replayed")
 REJECTION_FILTERS = ("source", "reason")
 PAGING = ("before", "limit")
 DEFAULT_LIMIT = 50
@@ -125,19 +125,21 @@ async def event(ops: Operations, source: str, event_id: str) -> EventDetail:
     return detail
 
 
-async def replay_event(ops: Operations, source: str, event_id: str) -> dict[str, Any]:
+async def replay_event(ops: Operations, source: str, event_id: str, *, by: str) -> dict[str, Any]:
     """Replay one event as its state allows: an ignored one as it arrived, a dead one through
     its dead letter; one already processed (or whose body is gone) is :class:`NothingToDo`
     and nothing is queued."""
     detail = await event(ops, source, event_id)
     kind = detail.replayable
     if kind == "ignored":
-        done = await asyncio.to_thread(lambda: list(ops.replay_ignored([(source, event_id)])))
+        done = await asyncio.to_thread(
+            lambda: list(ops.replay_ignored([(source, event_id)], by=by))
+        )
         if done:
             return {"replayed": "ignored", "source": source, "event_id": event_id}
     elif kind == "dead" and detail.dead_letter is not None:
         dl_id = int(detail.dead_letter["id"])
-        done_ids = await asyncio.to_thread(lambda: list(ops.replay_dead([dl_id])))
+        done_ids = await asyncio.to_thread(lambda: list(ops.replay_dead([dl_id], by=by)))
         if done_ids:
             return {
                 "replayed": "dead",

@@ -4,13 +4,14 @@ filters the pages use."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+
+from shared.times import for_people
 
 
 def setup(app: web.Application) -> None:
@@ -26,24 +27,8 @@ def setup(app: web.Application) -> None:
 
 
 def when(value: object) -> str:
-    """A time as operators read it: UTC, to the second."""
-    if value is None or value == "":
-        return "—"
-    moment: dt.datetime
-    if isinstance(value, dt.datetime):
-        moment = value
-    elif isinstance(value, int | float):
-        moment = dt.datetime.fromtimestamp(value, dt.UTC)
-    elif isinstance(value, str):
-        try:
-            moment = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    else:
-        return str(value)
-    if moment.tzinfo is None:  # SQLite's: stored in UTC
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """A time as operators read it: UTC, to the second, with its zone (as the CLI prints it)."""
+    return for_people(value, never="—")
 
 
 def segment(value: Any) -> str:

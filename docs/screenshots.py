@@ -237,7 +237,8 @@ def take(base: str, out: Path, work: Path) -> None:
         wait_until(lambda: driver.find_elements(By.ID, "confirm"), 10, "the confirmation")
         shoot(driver, out / "console-confirm.png", 420)
         driver.find_element(By.ID, "confirm").click()
-        wait_until(lambda: "done" in driver.find_element(By.ID, "state").text, 10, "the job")
+        # queued again: the page then follows the events until the workers ran them
+        wait_until(lambda: driver.find_element(By.ID, "state").text != "running", 10, "the job")
         shoot(driver, out / "console-job.png", 480)
         driver.get(base + "/rejections")
         shoot(driver, out / "console-rejections.png")

@@ -20,6 +20,13 @@ import click
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from hookline.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandFailed,
+)
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
 from shared.eventlog import FilterError
@@ -28,21 +35,6 @@ if TYPE_CHECKING:
     from hookline.ops import Operations
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: exit statuses, as the README's "Commands" section lists them
-EXIT_OK = 0
-EXIT_UNREACHABLE = 1  # a service (Redis, the database, the ingress) cannot be reached
-EXIT_USAGE = 2  # a usage or configuration error, a port already in use
-EXIT_NOT_FOUND = 3  # an id given on the command line does not exist
-EXIT_INTERRUPTED = 130  # `dlq replay` stopped by Ctrl-C, after saying how far it got
-
-
-class CommandFailed(Exception):
-    """Raised below a command: ``hookline: <message>`` on stderr and exit ``status``."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def fail(message: str, status: int) -> NoReturn:
@@ -202,7 +194,10 @@ def _check_traces(settings: Settings) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Values as stored; times in ISO 8601."""
+    from shared.times import json_default
+
+    click.echo(json.dumps(data, indent=2, default=json_default))
 
 
 @click.group()
@@ -356,6 +351,11 @@ def dlq() -> None:
 @type_option("dead letters of this event type")
 @limit_option
 @older_than_option
+@click.option(
+    "--replayed",
+    is_flag=True,
+    help="Only those replayed: applied by their replay (kept for the record) or dead again.",
+)
 @json_option
 @one_line_errors
 def dlq_list(
@@ -364,13 +364,16 @@ def dlq_list(
     event_type: str | None,
     limit: int,
     older_than: float | None,
+    replayed: bool,
     as_json: bool,
 ) -> None:
-    """Dead letters, newest first."""
+    """Dead letters still to deal with, newest first (--replayed: those replayed)."""
     from hookline import printing
     from workers.deadletters import older_than as older
 
-    flt = replace(older(older_than), source=source, type=event_type)
+    flt = replace(
+        older(older_than), source=source, type=event_type, replayed=True if replayed else None
+    )
     with _ops(config_path) as ops:
         rows = ops.dead_letters(flt, limit=limit).rows
     if as_json:
@@ -438,11 +441,17 @@ def dlq_replay(
             todo, missing = _given(ops, given, source)
         done = 0
         try:
-            for _ in printing.with_progress("replaying", len(todo), ops.replay_dead(todo)):
+            for _ in printing.with_progress(
+                "replaying", len(todo), ops.replay_dead(todo, by="cli")
+            ):
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
-    click.echo(f"replayed {done} dead letter(s)")
+    click.echo(
+        f"queued {done} dead letter(s) again: the workers run them now;"
+        " `hookline dlq list --replayed` shows which were processed, `hookline dlq list` which"
+        " died again"
+    )
     if missing:
         not_found("dead letter", missing)
 
@@ -453,6 +462,11 @@ def dlq_replay(
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (with the filters below).")
 @older_than_option
 @source_option("dead letters from this source")
+@click.option(
+    "--replayed",
+    is_flag=True,
+    help="With --all: those replayed instead (applied by their replay, or dead again).",
+)
 @one_line_errors
 def dlq_purge(
     config_path: str | None,
@@ -460,6 +474,7 @@ def dlq_purge(
     all_: bool,
     older_than: float | None,
     source: str | None,
+    replayed: bool,
 ) -> None:
     """Delete dead letters (--older-than alone means --all --older-than)."""
     from workers.deadletters import older_than as older
@@ -469,7 +484,8 @@ def dlq_purge(
     given = _ids_or_all(ids, all_)
     with _ops(config_path) as ops:
         if given is None:
-            todo = ops.dead_letter_ids(replace(older(older_than), source=source))
+            flt = replace(older(older_than), source=source, replayed=True if replayed else None)
+            todo = ops.dead_letter_ids(flt)
             missing: list[int] = []
         else:
             todo, missing = _given(ops, given, source)
@@ -597,11 +613,16 @@ def events_replay(
             todo = ops.ignored_to_replay(flt)
         done = 0
         try:
-            for _ in printing.with_progress("replaying", len(todo), ops.replay_ignored(todo)):
+            for _ in printing.with_progress(
+                "replaying", len(todo), ops.replay_ignored(todo, by="cli")
+            ):
                 done += 1
         except KeyboardInterrupt:
             _interrupted(done, len(todo), "replayed")
-    click.echo(f"replayed {done} event(s)")
+    click.echo(
+        f"queued {done} event(s) again: the workers run them now; `hookline events show SOURCE"
+        " EVENT_ID` shows how each ends"
+    )
 
 
 def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple[str, str]] | None:
@@ -614,8 +635,11 @@ def _replayable_event(ops: Operations, source: str, event_id: str) -> list[tuple
     if kind == "ignored":
         return [(source, event_id)]
     if kind == "dead" and detail.dead_letter is not None:
-        list(ops.replay_dead([detail.dead_letter["id"]]))
-        click.echo(f"replayed dead letter {detail.dead_letter['id']}")
+        list(ops.replay_dead([detail.dead_letter["id"]], by="cli"))
+        click.echo(
+            f"queued dead letter {detail.dead_letter['id']} again: the workers run it now;"
+            f" `hookline events show {source} {event_id}` shows how it ends"
+        )
         return None
     why = "its body is no longer kept" if detail.row["status"] == "ignored" else "nothing to do"
     click.echo(f"event {source} {event_id} is {detail.row['status']}: {why}")
@@ -742,17 +766,24 @@ def console(config_path: str | None, host: str, port: int, quiet: bool) -> None:
     metavar="PORT",
     help="Port for the ingress (on 127.0.0.1).",
 )
+@click.option(
+    "--reload/--no-reload",
+    default=True,
+    help="Restart the worker when a handler module or the configuration changes (on by"
+    " default; the ingress and the console too for the configuration).",
+)
 @one_line_errors
-def dev(config_path: str | None, port: int) -> None:
-    """Everything in one process tree: embedded Redis, SQLite, the ingress and a worker."""
+def dev(config_path: str | None, port: int, reload: bool) -> None:
+    """Everything in one process tree on this machine: an embedded Redis, SQLite, the ingress
+    on 127.0.0.1:PORT, a worker, and the console on the port after (its login URL printed).
+
+    Without a configuration it writes a demo hookline.toml here (three sources with fresh
+    secrets, a console token), shown once. Its data (Redis's append-only file and log, the
+    SQLite database) goes to .hookline/ beside the configuration. Ctrl-C stops all of it."""
     from hookline.dev import run_dev
 
-    sys.exit(run_dev(config_path, port))
+    sys.exit(run_dev(config_path, port, reload=reload))
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m hookline.cli`, as dev runs its children
-    # run the module as imported under its own name: the CommandFailed that hookline.dev and
-    # hookline.ops raise must be the class the commands here catch, not a __main__ copy of it
-    from hookline.cli import main as imported_main
-
-    imported_main()
+    main()

@@ -36,7 +36,7 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from sqlalchemy.engine import make_url
 
-from hookline.cli import EXIT_USAGE, CommandFailed
+from hookline.exits import EXIT_USAGE, CommandFailed
 from shared.config import (
     CONSOLE_TOKEN_VARIABLE,
     DEFAULT_CONFIG_FILE,
@@ -69,7 +69,7 @@ max_attempts = 3
 backoff_seconds = [2, 5]
 
 [console]
-token = "{console}"   # what you log in to the console with (http://127.0.0.1:8081)
+token = "{console}"   # what you log in to the console with (its URL: hookline dev's banner)
 
 [sources.moncash]
 scheme = "moncash"
@@ -153,20 +153,54 @@ def _command_line(pid: int) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _check_port(port: int, what: str = "") -> None:
+@dataclass(frozen=True)
+class Conflict:
+    """A port `hookline dev` needs that something else holds."""
+
+    #: ``port 8080 is in use (pid 1234: ...)``
+    what: str
+    #: what holds it looks like another `hookline dev`
+    other_dev: bool
+    #: ``ingress`` (solved by --port) or ``redis`` (solved in redis_url)
+    kind: str
+
+
+def _port_conflict(port: int, what: str = "") -> Conflict | None:
     if _port_free(port):
-        return
+        return None
     pid = _listener_pid(port)
     command = _command_line(pid) if pid else ""
     holder = f"pid {pid}: {command}" if pid else "another program"
-    hint = (
-        "is another `hookline dev` running? "
-        if "hookline" in command or "console" in command
-        else ""
-    )
-    raise CommandFailed(
-        f"port {port}{what} is in use ({holder}): {hint}stop it or pass --port", EXIT_USAGE
-    )
+    other_dev = "hookline" in command or "console" in command
+    return Conflict(f"port {port}{what} is in use ({holder})", other_dev, "ingress")
+
+
+def _free_after(start: int, count: int, avoid: set[int]) -> int | None:
+    """The first port after ``start`` where ``count`` ports in a row are free."""
+    for port in range(start + 1, min(start + 2000, 65536 - count)):
+        run = set(range(port, port + count))
+        if not run & avoid and all(_port_free(p) for p in run):
+            return port
+    return None
+
+
+def _refusal(conflicts: list[Conflict], port: int, redis_port: int, path: Path) -> str:
+    """One line naming every port in the way and every option that gets past all of them, so
+    following it never meets a second refusal."""
+    ways = []
+    avoid = {port, console_port(port), redis_port}
+    if any(c.kind == "ingress" for c in conflicts):
+        free = _free_after(port, 2, avoid)
+        ways.append(f"pass --port {free}" if free else "pass --port")
+        if free:
+            avoid |= {free, free + 1}
+    if any(c.kind == "redis" for c in conflicts):
+        free = _free_after(redis_port, 1, avoid)
+        url = f' = "redis://127.0.0.1:{free}/0"' if free else ""
+        ways.append(f"change redis_url{url} in {path}")
+    hint = "is another `hookline dev` running? " if any(c.other_dev for c in conflicts) else ""
+    held = ", and ".join(c.what for c in conflicts)
+    return f"{held}: {hint}stop it or {' and '.join(ways)}"
 
 
 def console_port(port: int) -> int:
@@ -252,8 +286,8 @@ class RedisPlan:
     start: bool  # False: use the one already listening
 
 
-def _plan_redis(settings: Settings, path: Path) -> RedisPlan:
-    """Start Redis on ``redis_url``'s port, use the one there, or refuse (one line)."""
+def _plan_redis(settings: Settings, path: Path) -> RedisPlan | Conflict:
+    """Start Redis on ``redis_url``'s port, use the one there, or the conflict that stops."""
     url = urlsplit(settings.redis_url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in ("127.0.0.1", "localhost"):
@@ -266,19 +300,35 @@ def _plan_redis(settings: Settings, path: Path) -> RedisPlan:
     if other is None:
         pid = _listener_pid(port)
         holder = f"pid {pid}: {_command_line(pid)}" if pid else "another program"
-        raise CommandFailed(
-            f"port {port} is in use by something that is not Redis ({holder}):"
-            f" stop it or change redis_url in {path}",
-            EXIT_USAGE,
+        return Conflict(
+            f"port {port} is in use by something that is not Redis ({holder})", False, "redis"
         )
     if _reuse_allowed(path, port, other):
         click.echo(f"using {str(other).replace('another ', 'the ', 1)} on port {port}")
         return RedisPlan(port, start=False)
-    hint = "is another `hookline dev` running? " if other.dev or port == DEMO_REDIS_PORT else ""
-    raise CommandFailed(
-        f"port {port} is in use by {other}: {hint}stop it or change redis_url in {path}",
-        EXIT_USAGE,
+    return Conflict(
+        f"port {port} is in use by {other}", other.dev or port == DEMO_REDIS_PORT, "redis"
     )
+
+
+def _redis_port(settings: Settings) -> int:
+    return urlsplit(settings.redis_url).port or 6379
+
+
+def _check_ports(settings: Settings, path: Path, port: int) -> RedisPlan:
+    """Every port dev needs, checked before anything starts; all the conflicts in one line."""
+    conflicts = [
+        c
+        for c in (_port_conflict(port), _port_conflict(console_port(port), " (for the console)"))
+        if c is not None
+    ]
+    redis_plan = _plan_redis(settings, path)
+    if isinstance(redis_plan, Conflict):
+        conflicts.append(redis_plan)
+    if conflicts:
+        raise CommandFailed(_refusal(conflicts, port, _redis_port(settings), path), EXIT_USAGE)
+    assert isinstance(redis_plan, RedisPlan)
+    return redis_plan
 
 
 def _wait(
@@ -313,29 +363,46 @@ class Children:
 
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._how: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         # a process group of its own: Ctrl-C reaches only `hookline dev`, which then stops
         # the children in order (worker and ingress first, Redis last)
         proc = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
         self.procs.append((name, proc))
+        self._how[name] = (argv, env)
         return proc
 
-    def dead(self) -> str | None:
+    def restart(self, name: str) -> None:
+        """Stop the child ``name`` (if it still runs) and start it again, in its place."""
+        position = next(i for i, (n, _) in enumerate(self.procs) if n == name)
+        _stop(self.procs[position][1])
+        argv, env = self._how[name]
+        proc = subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
+        self.procs[position] = (name, proc)
+
+    def dead(self, ignore: frozenset[str] = frozenset()) -> str | None:
         for name, proc in self.procs:
-            if proc.poll() is not None:
+            if name not in ignore and proc.poll() is not None:
                 return name
         return None
 
+    def exit_status(self, name: str) -> int | None:
+        return next(proc.poll() for n, proc in self.procs if n == name)
+
     def stop(self) -> None:
         for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _ensure_config(config_path: str | None) -> Path:
@@ -372,6 +439,9 @@ def _start_redis(port: int, data_dir: Path, children: Children, env: dict[str, s
             "",
             "--loglevel",
             "warning",
+            # its banner and warnings (memory overcommit...) go to a file, not the dev window
+            "--logfile",
+            str(data_dir / "redis.log"),
         ],
         env,
     )
@@ -418,22 +488,72 @@ def _banner(settings: Settings, path: Path, base: str, console: ConsolePlan) -> 
     click.echo("Ctrl-C stops everything.")
 
 
-def run_dev(config_path: str | None, port: int) -> int:
+class Reloader:
+    """``--reload``: restarts the worker when a handler module changes, and the worker, the
+    ingress and the console when the configuration does (once it loads: a configuration with a
+    mistake is named in one line and the running processes go on). A worker that stops on its
+    own (a handler module that does not import) is started again at the next change."""
+
+    def __init__(self, path: Path, settings: Settings, children: Children) -> None:
+        from hookline import reload
+
+        self.path = path.resolve()
+        self.children = children
+        self.watcher = reload.Watcher(reload.watched(settings, path))
+        self.worker_down = False
+
+    def start(self) -> None:
+        self.watcher.start()
+        click.echo("reload: on (a change of a handler module or of the configuration restarts)")
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def tick(self) -> None:
+        from hookline import reload
+
+        if not self.worker_down and self.children.dead(frozenset({"redis"})) == "worker":
+            self.worker_down = True
+            click.echo(
+                f"hookline dev: the worker stopped (exit {self.children.exit_status('worker')}):"
+                " it starts again when a handler module or the configuration changes",
+                err=True,
+            )
+        changed = self.watcher.take()
+        if not changed:
+            return
+        restart = ["worker"]
+        if self.path in changed:
+            try:
+                settings = load_settings(self.path)
+            except ConfigError as err:
+                click.echo(f"hookline dev: {self.path.name} not reloaded: {err}", err=True)
+                return
+            self.watcher.watch(reload.watched(settings, self.path))
+            restart = ["worker", "ingress", "console"]
+        click.echo(
+            f"hookline dev: {reload.describe(changed)} changed: restarting the {', '.join(restart)}"
+        )
+        for name in restart:
+            self.children.restart(name)
+        self.worker_down = False
+
+
+def run_dev(config_path: str | None, port: int, *, reload: bool = True) -> int:
     from workers.runtime import load_handlers
 
     path = _ensure_config(config_path)
     settings = load_settings(path)
     # what would make a child die after "hookline is running": one line now instead
     load_handlers(settings)
-    _check_port(port)
-    redis_plan = _plan_redis(settings, path)
+    redis_plan = _check_ports(settings, path, port)
     console = ConsolePlan(
         console_port(port), None if settings.console.token else secrets.token_urlsafe(24)
     )
-    _check_port(console.port, " (for the console)")
     _sqlite_dir(settings.database_url)
     env = {**os.environ, "HOOKLINE_CONFIG": str(path.resolve()), "PYTHONUNBUFFERED": "1"}
     children = Children()
+    reloader = Reloader(path, settings, children) if reload else None
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -459,11 +579,16 @@ def run_dev(config_path: str | None, port: int) -> int:
         _wait(lambda: _healthy(f"{base}/healthz"), "the ingress", children)
         _wait(lambda: _healthy(f"http://127.0.0.1:{console.port}/login"), "the console", children)
         _banner(settings, path, base, console)
+        if reloader is not None:
+            reloader.start()
         while not stopping:
-            dead = children.dead()
+            # with --reload a worker that stops waits for the next change
+            dead = children.dead(frozenset({"worker"}) if reloader else frozenset())
             if dead:
                 click.echo(f"hookline dev: the {dead} process exited; stopping", err=True)
                 return 1
+            if reloader is not None:
+                reloader.tick()
             time.sleep(0.2)
         return 0
     except RuntimeError as err:
@@ -471,5 +596,7 @@ def run_dev(config_path: str | None, port: int) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if reloader is not None:
+            reloader.stop()
         children.stop()
         click.echo("hookline dev: stopped")

@@ -8,8 +8,9 @@ Names in the answers are the ones the JSON API and ``--json`` show.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis import Redis
@@ -40,6 +41,27 @@ def connect_redis(settings: Settings) -> Redis:
     a Sentinel service no sentinel knows is one clear line."""
     redisconn.check_at_start(settings.redis_url)
     return redisconn.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+
+
+#: the figures of ``hookline status`` and the console's overview, in order: key, label, and
+#: what it counts, in one line. (``failed_jobs``, RQ's FailedJobRegistry, is only in the JSON:
+#: it repeats the dead letters in RQ's form, the job of each event that ended dead-lettered,
+#: kept 7 days for RQ's own tools.)
+FIGURES = (
+    ("queued", "queued", "events waiting for a worker"),
+    ("running", "running", "events a worker is applying now"),
+    (
+        "waiting_to_retry",
+        "waiting to retry",
+        "events whose last attempt failed, tried again after their backoff",
+    ),
+    (
+        "dead_letters",
+        "dead letters",
+        "events that failed every attempt or permanently: inspect, replay or purge them",
+    ),
+    ("workers_alive", "workers alive", "worker processes with a recent heartbeat"),
+)
 
 
 class Operations:
@@ -154,9 +176,12 @@ class Operations:
     ) -> list[tuple[str, str]]:
         return eventlog.ignored_to_replay(self.engine, flt, keys)
 
-    def replay_ignored(self, keys: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    def replay_ignored(
+        self, keys: Sequence[tuple[str, str]], *, by: str
+    ) -> Iterator[tuple[str, str]]:
+        """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return eventlog.replay_ignored(self.engine, self.redis, spec, keys)
+        return eventlog.replay_ignored(self.engine, self.redis, spec, keys, by=by)
 
     def prune(self, older_than_days: float) -> int:
         return eventlog.prune(self.engine, older_than_days)
@@ -176,10 +201,18 @@ class Operations:
         return deadletters.existing(self.engine, ids)
 
     def replay_dead(
-        self, ids: Sequence[int], on_each: Callable[[int, str], None] | None = None
+        self,
+        ids: Sequence[int],
+        on_each: Callable[[int, str], None] | None = None,
+        *,
+        by: str,
     ) -> Iterator[int]:
+        """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return deadletters.replay(self.engine, self.redis, spec, ids, on_each)
+        return deadletters.replay(self.engine, self.redis, spec, ids, on_each, by=by)
+
+    def replay_outcomes(self, queued: Mapping[int, dt.datetime]) -> dict[int, str]:
+        return deadletters.replay_outcomes(self.engine, queued)
 
     def purge_dead(self, ids: Sequence[int]) -> int:
         return deadletters.purge(self.engine, ids)
@@ -252,7 +285,7 @@ def event_json(detail: EventDetail) -> dict[str, Any]:
         "timeline": detail.timeline,
         "headers": detail.headers,
         "replayable": detail.replayable,
-        "dead_letter_id": detail.dead_letter["id"] if detail.dead_letter else None,
+        "dead_letter_id": detail.dead_letter_id,
     }
     if detail.body is not None:
         try:

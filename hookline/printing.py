@@ -16,8 +16,9 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from hookline.ops import body_for_humans
+from hookline.ops import FIGURES, body_for_humans
 from shared.eventlog import EventDetail
+from shared.times import for_people
 from shared.traffic import Rejection
 
 #: piped or redirected output gets wide lines rather than tables folded to 80 columns
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def when(value: dt.datetime | None, never: str = "-") -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else never
+    return for_people(value, never)
 
 
 def _table(*columns: str) -> Table:
@@ -41,17 +42,12 @@ def _row(table: Table, *values: Any) -> None:
 
 
 def status(data: dict[str, Any]) -> None:
+    """The console overview's figures, each with what it counts."""
     table = Table(show_header=False, box=None)
-    for label, key in (
-        ("queue", "queue"),
-        ("queued", "queued"),
-        ("running", "running"),
-        ("waiting to retry", "waiting_to_retry"),
-        ("dead letters", "dead_letters"),
-        ("workers alive", "workers_alive"),
-    ):
-        table.add_row(label, escape(str(data[key])))
-    table.add_row("redis memory", redis_memory(data))
+    table.add_row("queue", escape(str(data["queue"])), "")
+    for key, label, meaning in FIGURES:
+        table.add_row(label, escape(str(data[key])), f"[dim]{escape(meaning)}[/dim]")
+    table.add_row("redis memory", redis_memory(data), "[dim]used, of maxmemory[/dim]")
     console.print(table)
 
 
@@ -88,7 +84,7 @@ def dead_letters(rows: Sequence[dict[str, Any]]) -> None:
             r["event_type"] or "-",
             r["attempts"],
             when(r["failed_at"]),
-            when(r["replayed_at"], "never"),
+            _replayed_short(r),
             r["reason"],
         )
     console.print(table)
@@ -114,7 +110,8 @@ def dead_letter(row: dict[str, Any]) -> None:
     console.print("[bold]attempts[/bold]")
     for err in row["errors"]:
         kind = "permanent" if err.get("permanent") else "transient"
-        console.print(f"  #{err['attempt']} {err['at']} ({kind}): {err['error']}", markup=False)
+        at = for_people(err.get("at"))
+        console.print(f"  #{err['attempt']} {at} ({kind}): {err['error']}", markup=False)
     _body(row["body"])
 
 
@@ -122,7 +119,13 @@ def _replayed(row: dict[str, Any]) -> str:
     if not row["replayed_at"]:
         return "never"
     times = row["replays"] or 1
-    return f"{when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+    shown = f"{when(row['replayed_at'])} ({times} time{'s' if times != 1 else ''})"
+    return f"{shown}, applied {when(row['applied_at'])}" if row["applied_at"] else shown
+
+
+def _replayed_short(row: dict[str, Any]) -> str:
+    shown = when(row["replayed_at"], "never")
+    return f"{shown} (applied)" if row["applied_at"] else shown
 
 
 def _headers(headers: Iterable[Sequence[str]] | None) -> None:
@@ -177,7 +180,7 @@ def event(detail: EventDetail) -> None:
         ("type", row["event_type"] or "-"),
         ("attempts", row["attempts"]),
         ("from", row["remote"] or "-"),
-        ("dead letter", detail.dead_letter["id"] if detail.dead_letter else "-"),
+        ("dead letter", _dead_letter_of(detail)),
     )
     for label, value in fields:
         console.print(f"  {label}: {value}", markup=False)
@@ -187,6 +190,17 @@ def event(detail: EventDetail) -> None:
         console.print(f"  {when(step['at'])}  {step['what']}{extra}", markup=False)
     _headers(detail.headers)
     _body(detail.body)
+
+
+def _dead_letter_of(detail: EventDetail) -> str:
+    dl_id = detail.dead_letter_id
+    if dl_id is None:
+        return "-"
+    if detail.dead_letter is None:
+        return f"{dl_id} (purged)"
+    if detail.dead_letter["applied_at"] is not None:
+        return f"{dl_id} (applied by a replay: `hookline dlq list --replayed`)"
+    return str(dl_id)
 
 
 def rejections(found: Sequence[Rejection]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import urllib.error
@@ -58,5 +59,22 @@ def send(settings: Settings, source_name: str, body_path: str | None, url: str |
         reason = getattr(err, "reason", err)
         click.echo(f"hookline: cannot reach {target}: {reason}", err=True)
         return 1
-    click.echo(f"{status} {answer.decode('utf-8', 'replace')}")
-    return 0 if 200 <= status < 300 else 1
+    text = answer.decode("utf-8", "replace")
+    click.echo(f"{status} {text}")
+    if 200 <= status < 300:
+        return 0
+    # the answer is printed above; the cause, as for every non-zero exit, on stderr
+    click.echo(f"hookline: {target} refused the event: {status} {_reason(text)}", err=True)
+    return 1
+
+
+def _reason(answer: str) -> str:
+    """The ``error`` of a JSON answer (``invalid_signature``), else its first line, bounded."""
+    try:
+        doc = json.loads(answer)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])[:200]
+    lines = answer.strip().splitlines()
+    return lines[0][:200] if lines else "(no body)"

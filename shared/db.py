@@ -85,6 +85,28 @@ event_bodies = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
+#: the event log's timeline: every step of an event after it was received, in the order taken
+#: (a row per failed attempt, dead-lettering, replay asked for, and outcome). Appended in the
+#: transactions that take the steps; never updated. Events finished before revision 0003 have
+#: none: their timeline is read from their row (``shared.eventlog``).
+event_steps = Table(
+    "event_steps",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    # failed | dead-lettered | replay | processed | ignored
+    Column("step", String(16), nullable=False),
+    # the try this step belongs to, counting every try of the event (replays included)
+    Column("attempt", Integer),
+    Column("permanent", Integer),  # a failed attempt: 1 if retrying could not help
+    Column("error", Text),  # a failed attempt's error, one line
+    Column("dead_letter_id", BigInteger),  # dead-lettered as, or replayed from
+    Column("by", String(16)),  # a replay: who asked (cli, console, api)
+    Index(None, "source", "event_id", "id"),
+)
+
 payments = Table(
     "payments",
     metadata,
@@ -120,6 +142,9 @@ dead_letters = Table(
     Column("failed_at", DateTime(timezone=True), nullable=False),
     Column("replayed_at", DateTime(timezone=True)),
     Column("replays", Integer, nullable=False, default=0),
+    # when a replay applied the event: the dead letter stays, for the record (listed with the
+    # replayed ones, left out of the dead letters still to deal with)
+    Column("applied_at", DateTime(timezone=True)),
     UniqueConstraint("source", "event_id"),
     Index(None, "failed_at"),
     # ids are never reused on SQLite either: an operator's "dlq replay 7" always means one event

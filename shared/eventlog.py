@@ -18,14 +18,16 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
-from sqlalchemy import Engine, Select, and_, delete, desc, select
+from sqlalchemy import Connection, Engine, Select, and_, delete, desc, insert, select
 
-from shared.db import as_utc, dead_letters, event_bodies, utcnow, webhook_events
+from shared.db import as_utc, dead_letters, event_bodies, event_steps, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
 from shared.rqcompat import JobSerializer
 
 STATUSES = ("processed", "ignored", "dead")
+#: who may ask for a replay, as the timeline names them
+REPLAYERS = ("cli", "console", "api")
 #: rows deleted per transaction when pruning: small enough never to hold locks for long
 PRUNE_CHUNK = 1000
 #: a page holds at most this many rows
@@ -64,6 +66,9 @@ class Filter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     event_id: str | None = None
+    #: dead letters only: None, those still to deal with; True, every one replayed (applied
+    #: by its replay or dead again); False, those never replayed
+    replayed: bool | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -73,12 +78,14 @@ class Filter:
     def parse(cls, values: dict[str, str | None]) -> Filter:
         """From text (query string, command line): empty values are no filter."""
         given = {k: v for k, v in values.items() if v not in (None, "")}
-        unknown = sorted(set(given) - {"source", "type", "status", "since", "until", "event_id"})
+        known = {"source", "type", "status", "since", "until", "event_id", "replayed"}
+        unknown = sorted(set(given) - known)
         if unknown:
             raise FilterError(f"unknown filter {unknown[0]!r}")
         since = given.get("since")
         until = given.get("until")
         return cls(
+            replayed=_yes_no(given.get("replayed"), "replayed"),
             source=given.get("source"),
             type=given.get("type"),
             status=given.get("status"),
@@ -86,6 +93,16 @@ class Filter:
             until=parse_when(until, "until") if until else None,
             event_id=given.get("event_id"),
         )
+
+
+def _yes_no(text: str | None, name: str) -> bool | None:
+    if text is None:
+        return None
+    answer = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    found = answer.get(text.strip().lower())
+    if found is None:
+        raise FilterError(f"{name}: {text!r} is neither yes nor no")
+    return found
 
 
 #: no filter at all
@@ -160,13 +177,26 @@ class EventDetail:
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def dead_letter_id(self) -> int | None:
+        """Its dead letter's id: the one there (still dead, or applied by a replay), else the
+        last it was dead-lettered as (purged since)."""
+        if self.dead_letter is not None:
+            return int(self.dead_letter["id"])
+        ids = [s["dead_letter_id"] for s in self.timeline if s.get("step") == "dead-lettered"]
+        return int(ids[-1]) if ids else None
+
+    @property
     def replayable(self) -> str | None:
         """What a replay would do: ``"ignored"`` / ``"dead"``, or None (already applied, or
         no body left to replay)."""
         status = self.row["status"]
         if status == "ignored" and self.body is not None:
             return "ignored"
-        if status == "dead" and self.dead_letter is not None:
+        if (
+            status == "dead"
+            and self.dead_letter is not None
+            and self.dead_letter["applied_at"] is None
+        ):
             return "dead"
         return None
 
@@ -193,15 +223,53 @@ def get_event(engine: Engine, source: str, event_id: str) -> EventDetail | None:
                 dead_letters.c.source == source, dead_letters.c.event_id == event_id
             )
         ).first()
+        steps = [
+            dict(s._mapping)
+            for s in conn.execute(
+                select(event_steps)
+                .where(event_steps.c.source == source, event_steps.c.event_id == event_id)
+                .order_by(event_steps.c.id)
+            )
+        ]
     if dead is not None:
         detail.dead_letter = dict(dead._mapping)
         if detail.body is None:
             detail.headers, detail.body = list(dead.headers), bytes(dead.body)
-    detail.timeline = _timeline(detail)
+    detail.timeline = _timeline(detail, steps) if steps else _timeline_from_row(detail)
     return detail
 
 
-def _timeline(detail: EventDetail) -> list[dict[str, Any]]:
+def _timeline(detail: EventDetail, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Received, then every step kept, in the order taken."""
+    out: list[dict[str, Any]] = [{"at": as_utc(detail.row["received_at"]), "what": "received"}]
+    for step in sorted(steps, key=lambda s: (as_utc(s["at"]), s["id"])):
+        out.append(_shown(step))
+    return out
+
+
+def _shown(step: dict[str, Any]) -> dict[str, Any]:
+    kind, attempt = step["step"], step["attempt"]
+    shown: dict[str, Any] = {"at": as_utc(step["at"]), "step": kind}
+    if kind == "failed":
+        permanently = " permanently" if step["permanent"] else ""
+        shown |= {"what": f"attempt {attempt} failed{permanently}", "detail": step["error"]}
+    elif kind == "dead-lettered":
+        shown["what"] = f"dead-lettered as dead letter {step['dead_letter_id']}"
+    elif kind == "replay":
+        source = f"dead letter {step['dead_letter_id']}" if step["dead_letter_id"] else "event"
+        shown["what"] = f"replay of the {source} queued, asked by {step['by']}"
+        shown["by"] = step["by"]
+    else:  # processed | ignored
+        shown["what"] = f"{kind} (attempt {attempt})"
+    if step["dead_letter_id"] is not None:
+        shown["dead_letter_id"] = step["dead_letter_id"]
+    if attempt is not None:
+        shown["attempt"] = attempt
+    return shown
+
+
+def _timeline_from_row(detail: EventDetail) -> list[dict[str, Any]]:
+    """An event finished before its steps were kept (revision 0003): what its row tells."""
     row = detail.row
     steps: list[dict[str, Any]] = [{"at": as_utc(row["received_at"]), "what": "received"}]
     for err in row["errors"] or []:
@@ -235,6 +303,44 @@ def _parse_at(value: Any) -> dt.datetime | None:
         return None
 
 
+# -- writing the timeline --------------------------------------------------------------------
+
+
+def step(source: str, event_id: str, at: dt.datetime, kind: str, **fields: Any) -> dict[str, Any]:
+    """One ``event_steps`` row (the optional columns default to none)."""
+    row = {"attempt": None, "permanent": None, "error": None, "dead_letter_id": None, "by": None}
+    return row | {"source": source, "event_id": event_id, "at": at, "step": kind} | fields
+
+
+def failed_steps(
+    source: str, event_id: str, errors: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A ``failed`` step per attempt error (``AttemptError.to_json()`` dicts)."""
+    return [
+        step(
+            source,
+            event_id,
+            _parse_at(e.get("at")) or utcnow(),
+            "failed",
+            attempt=e.get("attempt"),
+            permanent=int(bool(e.get("permanent"))),
+            error=e.get("error"),
+        )
+        for e in errors
+    ]
+
+
+def add_steps(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(event_steps), list(rows))
+
+
+def renumber(errors: Sequence[dict[str, Any]], before: int) -> list[dict[str, Any]]:
+    """Attempt errors of one run (a job counts from 1) numbered among every try of the event:
+    ``before`` tries came first (the runs before a replay)."""
+    return [e | {"attempt": int(e.get("attempt") or 0) + before} for e in errors]
+
+
 # -- replaying ignored events ----------------------------------------------------------------
 
 
@@ -264,6 +370,8 @@ def replay_ignored(
     spec: JobSpec,
     keys: Sequence[tuple[str, str]],
     on_each: Callable[[tuple[str, str], str], None] | None = None,
+    *,
+    by: str,
 ) -> Iterator[tuple[str, str]]:
     """Queue each ignored event again, as it arrived, for the handlers that exist now; yields
     each once queued. A worker applies it once and moves its row from ``ignored`` to
@@ -294,7 +402,10 @@ def replay_ignored(
         )
         job = build_job(envelope, spec)
         job.connection = redis
+        asked = utcnow()  # before the worker can take it: the timeline's order
         queue.enqueue_job(job)
+        with engine.begin() as conn:
+            add_steps(conn, [step(source, event_id, asked, "replay", by=by)])
         if on_each:
             on_each((source, event_id), job.id)
         yield (source, event_id)

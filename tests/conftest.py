@@ -62,7 +62,7 @@ def postgres_url(postgres_session_url: str | None) -> Iterator[str]:
     upgrade(postgres_session_url)
     engine = make_engine(postgres_session_url)
     with engine.begin() as conn:
-        tables = "event_bodies, webhook_events, payments, dead_letters"
+        tables = "event_bodies, event_steps, webhook_events, payments, dead_letters"
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
     engine.dispose()
     yield postgres_session_url

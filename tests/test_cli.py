@@ -110,7 +110,11 @@ def test_dead_letter_tools_end_to_end(cli_env: dict[str, Any], redis_client: red
     engine = make_engine(cli_env["database_url"])
     with engine.connect() as conn:
         assert conn.execute(select(payments.c.event_id)).scalars().all() == ["p-1"]
-        remaining = conn.execute(select(dead_letters.c.event_id)).scalars().all()
+        remaining = (
+            conn.execute(select(dead_letters.c.event_id).where(dead_letters.c.applied_at.is_(None)))
+            .scalars()
+            .all()
+        )
     assert remaining == ["p-2"]
 
     # replay --all skips what is already waiting for its replay
@@ -255,7 +259,7 @@ def test_missing_dead_letter_ids_are_exit_3_with_one_line_everywhere(
     # When one id exists and the other does not, the one that exists is replayed
     result = runner.invoke(main, ["dlq", "replay", str(dl_id), "99999", "--config", config])
     assert result.exit_code == 3
-    assert "replayed 1 dead letter(s)" in result.stdout
+    assert "\nqueued 1 dead letter(s) again: the workers run them now;" in result.stdout
     assert result.stderr == "hookline: no dead letter 99999\n"
     assert Queue("hookline", connection=redis_client).count == 1
     # and purged
@@ -298,7 +302,7 @@ def test_dlq_show_speaks_to_people_and_json_keeps_the_stored_values(
     (cli_env["state"] / "poison").unlink()
     assert invoke("dlq", "replay", str(dl_id), "--config", config).exit_code == 0
     shown = invoke("dlq", "show", str(dl_id), "--config", config).output
-    assert re.search(r"  replayed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(1 time\)\n", shown), shown
+    assert re.search(r"  replayed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(1 time\)\n", shown), shown
 
 
 def test_a_relative_sqlite_path_in_the_file_is_relative_to_the_file(
@@ -337,4 +341,40 @@ def test_a_sqlite_file_that_cannot_be_opened_is_named(tmp_path: Path, redis_url:
     assert result.stderr == (
         "hookline: database error: unable to open database file:"
         f" {tmp_path / 'no-such-dir' / 'h.db'} (does its folder exist?)\n"
+    )
+
+
+def test_send_refused_by_the_ingress_says_why_on_stderr(cli_env: dict[str, Any]) -> None:
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer = b'{"error": "invalid_signature"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    # Given an ingress that refuses the signature (another secret configured there)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        # When `hookline send` posts to it
+        result = CliRunner().invoke(
+            main, ["send", "moncash", "--config", cli_env["config"], "--url", url]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Then the answer is printed, exit status 1, and stderr names the cause in one line
+    assert result.exit_code == 1
+    assert result.stdout == '401 {"error": "invalid_signature"}\n'
+    assert result.stderr == (
+        f"hookline: {url}/webhooks/moncash refused the event: 401 invalid_signature\n"
     )

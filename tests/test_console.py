@@ -697,6 +697,10 @@ async def test_an_events_timeline_headers_and_body_are_shown(
     # Then its page shows each step, its body pretty-printed, and no replay button
     steps = re.findall(r"<strong>(.*?)</strong>", html)
     assert steps == ["received", "attempt 1 failed", "processed (attempt 2)"]
+    # with its times as the CLI prints them, UTC with its zone
+    times = re.findall(r"<time>([^<]*)</time>", html)
+    assert len(times) == 3
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t) for t in times), times
     assert "transient failure, 0 more to come" in html
     assert "&#34;id&#34;: &#34;t-1&#34;" in html
     assert 'id="replay"' not in html and "nothing to replay" in html
@@ -840,16 +844,40 @@ async def test_an_operator_replays_a_dead_letter_found_by_filter(
     job = await wait_job(client, int(answer.headers["Location"].rsplit("/", 1)[1]))
     assert (job["state"], job["done"], job["applied"], job["total"]) == ("done", 1, 1, 1)
     page = await (await client.get(answer.headers["Location"])).text()
-    assert "1 of 1 handled: 1 replayed" in page and "data-refresh" not in page
+    assert "1 of 1 handled: 1 queued again" in page
+    assert '0 processed, 0 <a href="/dead-letters">dead again</a>, 1 still waiting' in page
+    assert "data-refresh" in page
     assert queued(redis_client, settings) == 1
     # When the handler is fixed and a worker runs
     (state / "fail_r-1").unlink()
     run_worker(redis_client, settings)
-    # Then the event is processed, once, and its dead letter is gone; the other stays
+    # Then the event is processed, once, and its dead letter is no longer among those to deal
+    # with; the other stays
     assert event_status(engine, "flaky", "r-1") == "processed"
-    assert [r["event_id"] for r in dead_rows(engine)] == ["p-1"]
+    still_dead = [r["event_id"] for r in dead_rows(engine) if r["applied_at"] is None]
+    assert still_dead == ["p-1"]
+    html = await (await client.get("/dead-letters")).text()
+    assert f'name="id" value="{dl_id}"' not in html
+    # And the event's page keeps its whole story: both failed tries, its death, the replay the
+    # console asked for, and the third try that applied it
     html = await (await client.get("/events/flaky/r-1")).text()
     assert '<span class="badge processed" id="status">processed</span>' in html
+    assert re.findall(r"<strong>(.*?)</strong>", html) == [
+        "received",
+        "attempt 1 failed",
+        "attempt 2 failed",
+        f"dead-lettered as dead letter {dl_id}",
+        f"replay of the dead letter {dl_id} queued, asked by console",
+        "processed (attempt 3)",
+    ]
+    assert "<dt>attempts</dt><dd>3</dd>" in html
+    assert f'id="dead-letter-link">#{dl_id}</a>' in html and 'id="dead-letter-applied"' in html
+    # and so does the API, and the dead letter is found among the replayed ones
+    shown = await (await client.get("/api/events/flaky/r-1", headers=BEARER)).json()
+    assert (shown["attempts"], shown["dead_letter_id"]) == (3, dl_id)
+    assert shown["timeline"][4]["by"] == "console"
+    replayed = await (await client.get("/dead-letters?replayed=yes")).text()
+    assert f'name="id" value="{dl_id}"' in replayed and ">applied</span>" in replayed
 
 
 async def test_purge_every_dead_letter_the_filter_matches_after_confirmation(
@@ -943,6 +971,8 @@ async def test_events_are_replayed_as_their_state_allows(
     assert answer.status == 202
     assert await answer.json() == {"replayed": "ignored", "source": "late", "event_id": "i-1"}
     assert queued(redis_client, settings) == 1
+    shown = await (await client.get("/api/events/late/i-1", headers=BEARER)).json()
+    assert shown["timeline"][-1]["what"] == "replay of the event queued, asked by api"
     # When an operator replays the dead one from its page
     csrf = await logged_in(client)
     html = await (await client.get("/events/flaky/d-1")).text()
@@ -1058,3 +1088,75 @@ async def test_a_slow_query_never_holds_up_the_rest_of_the_console(
     assert status.status == 200 and time.monotonic() - start < 0.5
     assert (await slow).status == 200
     ops.close()
+
+
+async def test_a_bulk_replay_says_what_became_of_its_events(
+    client: TestClient, redis_client: redis.Redis, settings: Settings, env: dict[str, Any]
+) -> None:
+    # Given two dead letters, one whose handler is fixed and one that will fail again
+    fixed, failing = make_dead(redis_client, settings, env["state"], "o-1", "o-2")
+    (env["state"] / "fail_o-1").unlink()
+    # When a script replays both
+    answer = await client.post(
+        "/api/dead-letters/replay", json={"ids": [fixed, failing]}, headers=BEARER
+    )
+    job = await wait_job(client, (await answer.json())["job"]["id"])
+    # Then the job says both were queued again, and that the workers have yet to run them
+    assert (job["state"], job["applied"]) == ("done", 2)
+    assert job["outcome"] == {"processed": 0, "dead again": 0, "waiting": 2, "gone": 0}
+    await logged_in(client)
+    page = await (await client.get(f"/jobs/{job['id']}")).text()
+    assert "2 of 2 handled: 2 queued again" in page and 'id="state">queued again<' in page
+    assert "data-refresh" in page  # it follows them
+    # When a worker runs them
+    run_worker(redis_client, settings)
+    # Then the job says one was processed and one died again at once, on the API and the page
+    job = await (await client.get(f"/api/jobs/{job['id']}", headers=BEARER)).json()
+    assert job["outcome"] == {"processed": 1, "dead again": 1, "waiting": 0, "gone": 0}
+    page = await (await client.get(f"/jobs/{job['id']}")).text()
+    assert '1 processed, 1 <a href="/dead-letters">dead again</a>, 0 still waiting' in page
+    assert 'id="state">some dead again<' in page and "data-refresh" not in page
+
+
+async def test_the_overview_and_hookline_status_show_the_same_figures_each_explained(
+    client: TestClient,
+    redis_client: redis.Redis,
+    settings: Settings,
+    env: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from hookline.cli import main
+
+    # Given a dead letter (its RQ job in RQ's failed registry too) and a queued event
+    make_dead(redis_client, settings, env["state"], "f-1")
+    deliver(redis_client, settings, "moncash", n=1)
+    await logged_in(client)
+    # When the operator reads the overview and runs `hookline status`
+    html = await (await client.get("/")).text()
+    monkeypatch.setenv("HOOKLINE_CONSOLE_TOKEN", TOKEN)
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = CliRunner().invoke(main, ["status", "--config", str(env["config"])])
+    assert shown.exit_code == 0, shown.output
+    # Then both show the same figures, each with the one line saying what it counts
+    tiles = re.findall(
+        r'<div class="tile[^"]*" title="([^"]+)">(?:<a href="[^"]+">)?'
+        r'<span class="n" id="[a-z-]+">(\d+)</span> ([a-z ]+?)(?:</a>)?\s*'
+        r'<small class="meaning">([^<]+)</small>',
+        html,
+    )
+    assert [label for _, _, label, _ in tiles] == [
+        "queued",
+        "running",
+        "waiting to retry",
+        "dead letters",
+        "workers alive",
+    ]
+    lines = [" ".join(line.split()) for line in shown.output.splitlines()]
+    for title, n, label, meaning in tiles:
+        assert title == meaning
+        assert f"{label} {n} {html_module.unescape(meaning)}" in lines, shown.output
+    assert ("dead letters", "1") in [(label, n) for _, n, label, _ in tiles]
+    # And "failed jobs" (RQ's copy of the dead-lettered jobs) is shown by neither
+    assert "failed jobs" not in html and "failed jobs" not in shown.output

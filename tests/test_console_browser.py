@@ -128,18 +128,26 @@ def test_an_operator_replays_a_dead_letter_found_by_filter_and_sees_it_processed
     click(driver.find_element(By.ID, "replay-selected"))
     assert "Replay 1 dead letter?" in driver.find_element(By.TAG_NAME, "h1").text
     click(driver.find_element(By.ID, "confirm"))
-    # Then the job's page shows its progress until it is done
-    wait_until(lambda: text_of(driver, "state") == "done", 10, "the replay job finishing")
-    assert "1 of 1 handled: 1 replayed" in text_of(driver, "counts")
+    # Then the job's page shows its progress until its dead letter is queued again, and says
+    # the workers have yet to run it
+    wait_until(lambda: text_of(driver, "state") == "queued again", 10, "the replay job finishing")
+    assert text_of(driver, "counts") == "1 of 1 handled: 1 queued again"
+    assert "0 processed, 0 dead again, 1 still waiting" in text_of(driver, "outcome")
     # When the handler is fixed and a worker drains the queue
     (state / "fail_b-1").unlink()
     run_worker(redis_client, settings)
-    # Then the event's page, reloaded, shows it processed, and the dead letter is gone
+    # Then the job's page, refreshing itself, says the event was processed
+    wait_until(lambda: text_of(driver, "state") == "processed", 15, "the job page refreshing")
+    assert "1 processed, 0 dead again, 0 still waiting" in text_of(driver, "outcome")
+    # And the event's page shows it processed, after its replay asked by the console
     driver.get(f"{base}/events/flaky/b-1")
     assert text_of(driver, "status") == "processed"
-    assert [step.text for step in driver.find_elements(By.CSS_SELECTOR, "#timeline strong")][
-        -1
-    ] == "processed (attempt 1)"
+    steps = [step.text for step in driver.find_elements(By.CSS_SELECTOR, "#timeline strong")]
+    assert steps[-2:] == [
+        f"replay of the dead letter {dl_id} queued, asked by console",
+        f"processed (attempt {len(steps) - 3})",
+    ]
+    # and the dead letter is no longer among those to deal with
     driver.get(f"{base}/dead-letters?source=flaky")
     assert text_of(driver, "none") == "No dead letter matches."
 

@@ -75,6 +75,24 @@ def test_dev_runs_the_console_with_the_demo_configurations_token(tmp_path: Path)
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0
     assert not listening(console) and not listening(port)
+    # And its whole output named the console's URL once, and held none of Redis's own lines:
+    # those went to .hookline/redis.log
+    out = (tmp_path / "dev.log").read_text()
+    assert out.count(f"http://127.0.0.1:{console}") == 1, out
+    assert "Redis is starting" not in out and "Redis version" not in out, out
+    assert "Redis is starting" in (tmp_path / ".hookline" / "redis.log").read_text()
+
+
+def test_dev_help_names_the_console_and_the_demo_configuration_it_writes() -> None:
+    from click.testing import CliRunner
+
+    from hookline.cli import main
+
+    shown = CliRunner().invoke(main, ["dev", "--help"])
+    assert shown.exit_code == 0
+    text = " ".join(shown.output.split())
+    assert "the console on the port after (its login URL printed)" in text
+    assert "it writes a demo hookline.toml here" in text
 
 
 def test_dev_generates_a_token_for_a_configuration_without_one_and_leaves_it_untouched(

@@ -79,9 +79,10 @@ def test_an_event_that_dies_again_after_its_replay_adds_up_attempts_and_errors(
     # When its replay dies too, now with another type and a permanent error
     replayed = envelope("evt", replay="dead")
     assert die(engine, replayed, error(1, "E: third", True), event_type="t2")
-    # Then its dead letter and its row hold all three attempts, in order, and the last reason
+    # Then its dead letter and its row hold all three attempts, in order, numbered among every
+    # try of the event, and the last reason
     dl = letter(engine, "evt")
-    expected = [(1, "E: first", False), (2, "E: second", False), (1, "E: third", True)]
+    expected = [(1, "E: first", False), (2, "E: second", False), (3, "E: third", True)]
     assert (dl["attempts"], error_texts(dl["errors"])) == (3, expected)
     assert (dl["reason"], dl["permanent"], dl["event_type"]) == ("E: third", 1, "t2")
     row = event_row(engine, "evt")
@@ -112,12 +113,12 @@ def test_only_a_replay_of_an_ignored_event_may_take_its_row(engine: Engine) -> N
     assert event_row(engine, "ign")["status"] == "dead"
     assert letter(engine, "ign")["reason"] == "E: y"
     # When a second replay of the ignored event (queued before the first died) dies too,
-    # Then it takes its own dead row: the attempts and errors add up
+    # Then it takes its own dead row: the attempts (the ignored run's too) and errors add up
     assert die(engine, envelope("ign", replay="ignored"), error(1, "E: z"))
     dl = letter(engine, "ign")
-    assert (dl["attempts"], dl["reason"]) == (2, "E: z")
-    assert error_texts(dl["errors"]) == [(1, "E: y", False), (1, "E: z", False)]
-    assert event_row(engine, "ign")["attempts"] == 2
+    assert (dl["attempts"], dl["reason"]) == (3, "E: z")
+    assert error_texts(dl["errors"]) == [(2, "E: y", False), (3, "E: z", False)]
+    assert event_row(engine, "ign")["attempts"] == 3
 
 
 def test_a_dead_letter_keeps_bounded_clean_text(engine: Engine) -> None:
@@ -256,7 +257,9 @@ def test_a_replay_queues_the_event_as_it_arrived_and_counts_each_replay(
     seen: list[tuple[int, str]] = []
     # When it is replayed, with an id that is no dead letter before it
     done = list(
-        deadletters.replay(engine, redis_client, spec, [999, dl_id], lambda *a: seen.append(a))
+        deadletters.replay(
+            engine, redis_client, spec, [999, dl_id], lambda *a: seen.append(a), by="cli"
+        )
     )
     # Then only the dead letter is replayed, its job queued carrying the event as it arrived
     assert done == [dl_id]
@@ -267,7 +270,7 @@ def test_a_replay_queues_the_event_as_it_arrived_and_counts_each_replay(
     queued = Envelope.from_dict(job.args[0])
     assert (queued.headers, queued.remote, queued.replay) == (env.headers, env.remote, "dead")
     # And each replay is counted and dated
-    list(deadletters.replay(engine, redis_client, spec, [dl_id]))
+    list(deadletters.replay(engine, redis_client, spec, [dl_id], by="cli"))
     dl = letter(engine, "rep")
     assert dl["replays"] == 2
     assert dl["replayed_at"] is not None

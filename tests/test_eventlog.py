@@ -140,7 +140,7 @@ def test_every_finished_event_keeps_its_row_body_and_redacted_headers(
         "received",
         "attempt 1 failed",
         "attempt 2 failed",
-        "dead-lettered",
+        f"dead-lettered as dead letter {dead['dead_letter_id']}",
     ]
     assert dead["dead_letter_id"] is not None and dead["replayable"] == "dead"
     with engine.connect() as conn:
@@ -316,3 +316,165 @@ def test_migration_0002_upgrades_a_database_in_place(database_url: str) -> None:
             conn.execute(dead_letters.delete().where(dead_letters.c.event_id == event_id))
     assert ids[0] > 1 and ids[1] == ids[0] + 1
     engine.dispose()
+
+
+def test_a_replayed_event_keeps_its_whole_story(
+    env: dict[str, Any], redis_client: redis.Redis, engine: Engine
+) -> None:
+    settings: Settings = env["settings"]
+    config = env["config"]
+    # Given an event that failed both its attempts and was dead-lettered
+    (env["state"] / "fail_f-1").write_text("3")
+    deliver(redis_client, settings, "flaky", body=body({"id": "f-1", "type": "x"}))
+    run_worker(redis_client, settings)
+    [dead] = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    dl_id = dead["id"]
+    # When an operator replays it from the command line, and the replay's first try fails too
+    # before the second applies it
+    replayed = invoke("events", "replay", "flaky", "f-1", "--config", config)
+    assert replayed.exit_code == 0, replayed.output
+    run_worker(redis_client, settings)
+    # Then its timeline keeps every step, each try numbered among all four, and who asked
+    shown = json.loads(
+        invoke("events", "show", "flaky", "f-1", "--config", config, "--json").output
+    )
+    assert [s["what"] for s in shown["timeline"]] == [
+        "received",
+        "attempt 1 failed",
+        "attempt 2 failed",
+        f"dead-lettered as dead letter {dl_id}",
+        f"replay of the dead letter {dl_id} queued, asked by cli",
+        "attempt 3 failed",
+        "processed (attempt 4)",
+    ]
+    assert [s.get("detail") for s in shown["timeline"] if "failed" in s["what"]] == [
+        "RuntimeError: transient failure, 2 more to come",
+        "RuntimeError: transient failure, 1 more to come",
+        "RuntimeError: transient failure, 0 more to come",
+    ]
+    assert (shown["status"], shown["attempts"], shown["dead_letter_id"]) == ("processed", 4, dl_id)
+    assert [e["attempt"] for e in shown["errors"]] == [1, 2, 3]
+    # And the text says the same
+    text = invoke("events", "show", "flaky", "f-1", "--config", config).output
+    assert "attempts: 4" in text
+    assert f"dead letter: {dl_id} (applied by a replay: `hookline dlq list --replayed`)" in text
+    assert f"replay of the dead letter {dl_id} queued, asked by cli" in text
+    # And the dead letter is no longer among those to deal with, but listed with the replayed
+    assert json.loads(invoke("dlq", "list", "--config", config, "--json").output) == []
+    [kept] = json.loads(invoke("dlq", "list", "--replayed", "--config", config, "--json").output)
+    assert kept["id"] == dl_id and kept["applied_at"] is not None
+    assert "(applied)" in invoke("dlq", "list", "--replayed", "--config", config).output
+    # And once purged with the replayed ones, the event still names it
+    purged = invoke("dlq", "purge", "--all", "--replayed", "--config", config)
+    assert purged.output == "purged 1 dead letter(s)\n"
+    text = invoke("events", "show", "flaky", "f-1", "--config", config).output
+    assert f"dead letter: {dl_id} (purged)" in text
+
+
+def test_a_replay_that_dies_again_adds_its_steps(
+    env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    settings: Settings = env["settings"]
+    config = env["config"]
+    # Given a dead event whose replay fails every try again
+    (env["state"] / "fail_g-1").write_text("99")
+    deliver(redis_client, settings, "flaky", body=body({"id": "g-1", "type": "x"}))
+    run_worker(redis_client, settings)
+    assert invoke("dlq", "replay", "--all", "--config", config).exit_code == 0
+    run_worker(redis_client, settings)
+    # Then the timeline shows both deaths, the replay between them, and four tries
+    shown = json.loads(
+        invoke("events", "show", "flaky", "g-1", "--config", config, "--json").output
+    )
+    dl_id = shown["dead_letter_id"]
+    assert [s["what"] for s in shown["timeline"]] == [
+        "received",
+        "attempt 1 failed",
+        "attempt 2 failed",
+        f"dead-lettered as dead letter {dl_id}",
+        f"replay of the dead letter {dl_id} queued, asked by cli",
+        "attempt 3 failed",
+        "attempt 4 failed",
+        f"dead-lettered as dead letter {dl_id}",
+    ]
+    assert (shown["status"], shown["attempts"]) == ("dead", 4)
+    [listed] = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    assert listed["attempts"] == 4 and listed["applied_at"] is None
+
+
+def test_migration_0003_upgrades_a_database_in_place(env: dict[str, Any], engine: Engine) -> None:
+    url = env["settings"].database_url
+    # Given a database at revision 0002 with a dead event and its dead letter
+    _downgrade(url, "0002")
+    now = dt.datetime.now(dt.UTC)
+    errors = [{"attempt": 1, "at": now.isoformat(), "error": "E: old", "permanent": True}]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO webhook_events (source, event_id, event_type, status, attempts,"
+                " received_at, processed_at, errors) VALUES"
+                " ('flaky', 'o-1', 't', 'dead', 1, :n, :n, :e)"
+            ),
+            {"n": now, "e": json.dumps(errors)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dead_letters (source, event_id, reason, permanent, attempts,"
+                " errors, headers, body, received_at, failed_at, replays) VALUES"
+                " ('flaky', 'o-1', 'E: old', 1, 1, :e, '[]', :b, :n, :n, 0)"
+            ),
+            {"n": now, "b": b"{}", "e": json.dumps(errors)},
+        )
+    # When it is upgraded
+    upgrade(url)
+    engine.dispose()
+    # Then the event's timeline is still read from its row, and its dead letter is still dead
+    shown = json.loads(
+        invoke("events", "show", "flaky", "o-1", "--config", env["config"], "--json").output
+    )
+    assert [s["what"] for s in shown["timeline"]] == [
+        "received",
+        "attempt 1 failed permanently",
+        "dead-lettered",
+    ]
+    [listed] = json.loads(invoke("dlq", "list", "--config", env["config"], "--json").output)
+    assert (listed["event_id"], listed["applied_at"]) == ("o-1", None)
+
+
+PEOPLE_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+
+
+def _iso_utc(value: str) -> bool:
+    return "T" in value and dt.datetime.fromisoformat(value).utcoffset() == dt.timedelta(0)
+
+
+def test_times_read_the_same_for_people_everywhere_and_iso_8601_in_json(
+    env: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    import re
+
+    settings: Settings = env["settings"]
+    config = env["config"]
+    # Given a dead event (one attempt failed before it died)
+    (env["state"] / "fail_t-1").write_text("99")
+    deliver(redis_client, settings, "flaky", body=body({"id": "t-1", "type": "x"}))
+    run_worker(redis_client, settings)
+    [dead] = json.loads(invoke("dlq", "list", "--config", config, "--json").output)
+    # Then the tables, the details and the timelines show one form, UTC with its zone
+    for args in (
+        ["events", "list"],
+        ["events", "show", "flaky", "t-1"],
+        ["dlq", "list"],
+        ["dlq", "show", str(dead["id"])],
+    ):
+        shown = invoke(*args, "--config", config).output
+        times = re.findall(r"\d{4}-\d\d-\d\d[ T][0-9:.+]+(?: UTC|Z)?", shown)
+        assert times and all(re.fullmatch(PEOPLE_TIME, t) for t in times), (args, times)
+    # And every --json holds ISO 8601 times with their offset
+    listed = events_json(config)["events"][0]
+    assert _iso_utc(listed["received_at"]) and _iso_utc(listed["processed_at"])
+    detail = json.loads(
+        invoke("events", "show", "flaky", "t-1", "--config", config, "--json").output
+    )
+    assert all(_iso_utc(step["at"]) for step in detail["timeline"])
+    assert _iso_utc(dead["failed_at"]) and _iso_utc(dead["received_at"])

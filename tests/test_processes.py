@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -515,22 +517,44 @@ def test_a_second_dev_refuses_at_once_naming_what_holds_its_ports(tmp_path: Path
         client.close()
         # When a second `hookline dev` starts in folder b, on the same ingress port
         status, out, err = _refused(procs, hookline("dev", "--port", str(port)), second, env_for())
-        # Then it refuses at once, naming the port and what holds it
+        # Then it refuses at once, in one line naming every port in the way and what holds it,
+        # and every option that gets past all of them
         assert status == 2, out + err
         [line] = err.splitlines()
         assert line.startswith(f"hookline: port {port} is in use (pid "), line
         assert "hookline.cli serve" in line
-        assert line.endswith("is another `hookline dev` running? stop it or pass --port")
-        # When it gets another ingress port, it refuses on the Redis port, naming that Redis
+        assert f", and port {port + 1} (for the console) is in use (pid " in line
+        assert (
+            f", and port {redis_port} is in use by another Redis (pid {redis_pid},"
+            f" dir {first / '.hookline'}): is another `hookline dev` running? stop it or pass"
+            " --port "
+        ) in line
+        advice = re.search(
+            r"pass --port (\d+) and change redis_url = \"(redis://127\.0\.0\.1:\d+/0)\""
+            r" in hookline\.toml$",
+            line,
+        )
+        assert advice, line
+        # When the user follows that advice, it runs beside the first one
+        toml = second / "hookline.toml"
+        saved = toml.read_text()
+        toml.write_text(saved.replace(f"redis://127.0.0.1:{redis_port}/0", advice.group(2)))
+        beside = start_dev(procs, second, int(advice.group(1)))
+        beside.send_signal(signal.SIGINT)
+        assert beside.wait(30) == 0
+        shutil.rmtree(second / ".hookline")
+        toml.write_text(saved)
+        # When it gets another ingress port only, it refuses on the Redis port, naming that Redis
         status, out, err = _refused(
             procs, hookline("dev", "--port", str(other_port)), second, env_for()
         )
         assert status == 2, out + err
-        assert err.splitlines() == [
+        [line] = err.splitlines()
+        assert line.startswith(
             f"hookline: port {redis_port} is in use by another Redis (pid {redis_pid},"
             f" dir {first / '.hookline'}): is another `hookline dev` running?"
-            " stop it or change redis_url in hookline.toml"
-        ]
+            " stop it or change redis_url = "
+        ), line
         # and so it does with a configuration of the user's own pointing at that Redis (it is
         # another dev's: its folder is a .hookline)
         own = second / "own.toml"
@@ -598,10 +622,12 @@ def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_pat
         (demo / "hookline.toml").write_text(demo_config().replace("6390", str(redis_port)))
         status, out, err = _refused(procs, hookline("dev", "--port", str(port)), demo, env_for())
         assert status == 2, out + err
-        assert err.splitlines() == [
+        [line] = err.splitlines()
+        assert line.startswith(
             f"hookline: port {redis_port} is in use by another Redis (pid {server.pid},"
-            f" dir {tmp_path / 'redis'}): stop it or change redis_url in hookline.toml"
-        ]
+            f" dir {tmp_path / 'redis'}): stop it or change redis_url = "
+        ), line
+        assert line.endswith(" in hookline.toml"), line
         client.close()
     # When what holds the port is not a Redis at all, it says so and names it
     with __import__("socket").socket() as holder, processes() as procs:
@@ -614,7 +640,7 @@ def test_dev_uses_a_redis_of_your_own_only_when_pointed_at_it_on_purpose(tmp_pat
             f"hookline: port {redis_port} is in use by something that is not Redis"
             f" (pid {os.getpid()}: "
         ), line
-        assert line.endswith("stop it or change redis_url in hookline.toml")
+        assert re.search(r"stop it or change redis_url = \"redis://\S+\" in hookline\.toml$", line)
 
 
 def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, redis_url: str) -> None:
@@ -638,3 +664,78 @@ def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, redis_url:
         f"hookline: error while attempting to bind on address ('127.0.0.1', {port}):"
         " address already in use: pass another port"
     ]
+
+
+def _hook(version: str) -> str:
+    return (
+        "from hookline import on\n\n\n"
+        '@on("github", "ping")\n'
+        "def ping(event, session):\n"
+        f'    print("hook {version}", event.event_id, flush=True)\n'
+    )
+
+
+def test_dev_reloads_the_worker_when_a_handler_or_the_configuration_changes(
+    tmp_path: Path,
+) -> None:
+    # Given `hookline dev` running the demo configuration, a handler module beside it but not
+    # yet listed
+    from hookline.dev import demo_config
+
+    redis_port = free_port()
+    port = free_dev_port(redis_port)
+    config = tmp_path / "hookline.toml"
+    config.write_text(demo_config().replace("6390", str(redis_port)))
+    (tmp_path / "myhooks.py").write_text(_hook("v1"))
+    log = tmp_path / "dev.log"
+    base = f"http://127.0.0.1:{port}"
+
+    def send_and_see(text: str) -> None:
+        sent = subprocess.run(
+            hookline("send", "github", "--url", base),
+            env=env_for(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_until(lambda: text in log.read_text(), 60, f"the handler printing {text!r}")
+
+    def restarted(times: int) -> None:
+        wait_until(
+            lambda: log.read_text().count("changed: restarting the worker") == times,
+            30,
+            f"restart {times}",
+        )
+
+    with processes() as procs:
+        dev = start_dev(procs, tmp_path, port)
+        assert "reload: on" in log.read_text()
+        # When the user lists the module in hookline.toml (no restart of dev)
+        config.write_text(
+            config.read_text().replace("[worker]\n", '[worker]\nhandlers = ["myhooks"]\n')
+        )
+        # Then dev restarts the worker, the ingress and the console, and the handler runs
+        restarted(1)
+        assert "hookline.toml changed: restarting the worker, ingress, console" in log.read_text()
+        wait_until(lambda: http_ok(f"{base}/healthz"), 30, "the ingress again")
+        send_and_see("hook v1")
+        # When the handler is edited, Then the worker runs the new code
+        (tmp_path / "myhooks.py").write_text(_hook("v2"))
+        restarted(2)
+        assert "myhooks.py changed: restarting the worker\n" in log.read_text()
+        send_and_see("hook v2")
+        # When the edit breaks the module, Then the worker stops saying why, dev goes on
+        (tmp_path / "myhooks.py").write_text(_hook("v3").rsplit("    print", 1)[0])
+        restarted(3)
+        wait_until(lambda: "the worker stopped (exit 2)" in log.read_text(), 30, "the worker")
+        assert "cannot import 'myhooks': IndentationError" in log.read_text()
+        assert dev.poll() is None
+        # and the fix brings it back
+        (tmp_path / "myhooks.py").write_text(_hook("v3"))
+        restarted(4)
+        send_and_see("hook v3")
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hookline import cli
+from hookline import exits
 from hookline.cli import main
 from shared.config import Settings, settings_from_mapping
 from shared.signatures import SCHEMES
@@ -154,7 +154,7 @@ def test_the_commands_table_and_the_code_agree_both_ways() -> None:
 def test_every_exit_status_is_documented() -> None:
     block = README.split("<!-- exit-statuses -->", 1)[1].split("\n\n", 1)[0]
     documented = {int(n) for n in re.findall(r"^- `(\d+)`:", block, re.M)}
-    statuses = {v for k, v in vars(cli).items() if k.startswith("EXIT_")}
+    statuses = {v for k, v in vars(exits).items() if k.startswith("EXIT_")}
     assert documented == statuses
 
 
@@ -210,3 +210,32 @@ def test_the_compose_file_is_valid_for_compose_itself(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_the_test_command_names_every_debian_package_ci_installs_for_it() -> None:
+    # what .ci/run installs with apt-get before running the README's test command
+    ci = (ROOT / ".ci" / "run").read_text()
+    installed = {
+        package
+        for line in re.findall(r"apt-get install -y -q ([a-z0-9 .+-]+)", ci)
+        for package in line.split()
+    }
+    assert {"chromium", "chromium-driver", "docker-compose"} <= installed
+    about_the_tests = README.split("<!-- test-command -->", 1)[1].split("\n## ", 1)[0]
+    named = {
+        word
+        for command in re.findall(r"`(?:sudo )?apt(?:-get)? install ([^`]+)`", about_the_tests)
+        for word in command.split()
+    }
+    assert installed <= named, f"the README's test command omits {sorted(installed - named)}"
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    named = set(
+        re.findall(r"`((?:tests|bench|chaos|docs|deploy|shared|workers)/[\w./-]+\.\w+)`", README)
+    )
+    assert "tests/test_readme.py" in named
+    # the one a reader is told to write
+    named.discard("shared/signatures/myprovider.py")
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert missing == [], f"the README names files that do not exist: {missing}"

@@ -240,7 +240,7 @@ def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
 
     def replay() -> None:
         barrier.wait()
-        list(deadletters.replay(engine, redis_client, spec, [listed["id"]]))
+        list(deadletters.replay(engine, redis_client, spec, [listed["id"]], by="cli"))
 
     threads = [threading.Thread(target=replay) for _ in range(2)]
     for t in threads:
@@ -249,12 +249,15 @@ def test_poison_is_dead_lettered_at_once_and_replayed_once_fixed(
         t.join()
     assert queues_for(settings, [], redis_client)[0].count == 2
     run_worker(redis_client, settings)
-    # Then the effect happened once, the event's row moved from dead to processed and the
-    # dead letter is resolved
+    # Then the effect happened once, the event's row moved from dead to processed (its two
+    # tries counted) and the dead letter is resolved: applied, kept for the record, no longer
+    # among those to deal with
     [event] = rows(engine, webhook_events)
-    assert event["status"] == "processed"
+    assert (event["status"], event["attempts"]) == ("processed", 2)
     assert len(rows(engine, payments)) == 1
-    assert rows(engine, dead_letters) == []
+    [kept] = rows(engine, dead_letters)
+    assert kept["id"] == listed["id"] and kept["applied_at"] is not None
+    assert deadletters.list_page(engine).rows == []
 
 
 @pytest.mark.parametrize(
@@ -567,7 +570,11 @@ def test_an_event_locked_by_a_frozen_transaction_does_not_hold_up_the_others(
     if statuses["evt_000000000001"] == "dead":
         [dl] = rows(engine, dead_letters)
         assert "lock timeout" in dl["reason"]
-        list(deadletters.replay(engine, redis_client, JobSpec.from_settings(settings), [dl["id"]]))
+        list(
+            deadletters.replay(
+                engine, redis_client, JobSpec.from_settings(settings), [dl["id"]], by="cli"
+            )
+        )
         run_worker(redis_client, settings)
     else:
         assert statuses["evt_000000000001"] == "processed"

@@ -31,8 +31,9 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from rq import Queue
 from rq.executions import Execution
@@ -43,7 +44,8 @@ from shared import rqcompat
 from workers import retries, tasks
 
 if TYPE_CHECKING:
-    from workers.worker import EventWorker
+    from redis import Redis
+    from rq.worker import BaseWorker
 
 log = logging.getLogger("hookline.worker")
 
@@ -61,11 +63,27 @@ STOP_SIGNAL = signal.SIGUSR1
 Running = list[tuple[Job, Execution]]
 
 
+class BatchWorker(Protocol):
+    """What the batch loop needs of the worker it runs in (``workers.worker.EventWorker``, an
+    RQ worker): passed in, so this module needs nothing of that one."""
+
+    connection: Redis
+    serializer: Any
+    #: held while a batch's executions are registered, recorded or renewed
+    bookkeeping: AbstractContextManager[Any]
+    execution_ttl: int
+    job_timeout: int
+    #: ``[worker] keep_finished_seconds``: how long an applied event's job stays in Redis
+    keep_finished: int
+
+
 class BatchRunner:
     """Runs the batches of one worker, and stops one of their jobs when asked."""
 
-    def __init__(self, worker: EventWorker) -> None:
+    def __init__(self, worker: BatchWorker) -> None:
         self.worker = worker
+        #: the same worker, as RQ's own bookkeeping (shared.rqcompat) takes it
+        self.rq = cast("BaseWorker", worker)
         # reentrant: the stop signal's handler takes it in the main thread, which may hold it
         self._lock = threading.RLock()
         #: job ids an operator asked to stop, while their batch runs
@@ -138,7 +156,7 @@ class BatchRunner:
             self._batch = {job.id for job in jobs}
         try:
             with self.worker.bookkeeping:
-                executions = rqcompat.start(self.worker, queue, jobs, self.worker.execution_ttl)
+                executions = rqcompat.start(self.rq, queue, jobs, self.worker.execution_ttl)
             self._started = time.monotonic()
             batch = list(zip(jobs, executions, strict=True))
             done = self._run_together(batch) if len(batch) > 1 else None
@@ -146,7 +164,7 @@ class BatchRunner:
                 done = self._run_each(batch, queue)
             done = self._held(done)
             with self.worker.bookkeeping:
-                rqcompat.record_successes(self.worker, done, self.worker.keep_finished)
+                rqcompat.record_successes(self.rq, done, self.worker.keep_finished)
         finally:
             with self._lock:
                 self._batch = set()
@@ -177,7 +195,7 @@ class BatchRunner:
         makes any other attempt a duplicate), and their bookkeeping is their new holder's."""
         if not done or not self._may_have_lost():
             return done
-        held = rqcompat.still_held(self.worker, [(job, ex) for job, ex, _ in done])
+        held = rqcompat.still_held(self.rq, [(job, ex) for job, ex, _ in done])
         for (job, execution, _), mine in zip(done, held, strict=True):
             if not mine:
                 self._let_go(job, execution, "finished")
@@ -187,10 +205,10 @@ class BatchRunner:
         return time.monotonic() - self._started >= HOLD_CHECK_AFTER_SECONDS
 
     def _still_holds(self, job: Job, execution: Execution) -> bool:
-        return not self._may_have_lost() or rqcompat.still_held(self.worker, [(job, execution)])[0]
+        return not self._may_have_lost() or rqcompat.still_held(self.rq, [(job, execution)])[0]
 
     def _let_go(self, job: Job, execution: Execution, what: str) -> None:
-        rqcompat.let_go(self.worker, execution)
+        rqcompat.let_go(self.rq, execution)
         log.warning(
             "job %s %s after this worker lost it (taken for abandoned while the worker was"
             " frozen): its outcome is left to the worker that holds it now",
@@ -225,7 +243,7 @@ class BatchRunner:
                 ends = retries.attempt_failed(job, failure)
                 with self.worker.bookkeeping:
                     rqcompat.record_failure(
-                        self.worker,
+                        self.rq,
                         job,
                         queue,
                         execution,

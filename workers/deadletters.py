@@ -5,7 +5,7 @@ body, redacted headers and every attempt's error, for operators to list, show, r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from rq import Queue
 from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from shared import eventlog
 from shared.db import as_utc, dead_letters, from_timestamp, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
@@ -68,7 +69,7 @@ def record(
             source=envelope.source,
             event_id=envelope.event_id,
             status="dead",
-            attempts=len(errors),
+            attempts=0,
             received_at=from_timestamp(envelope.received_at),
             processed_at=now,
             remote=(envelope.remote or "")[:64] or None,
@@ -77,21 +78,18 @@ def record(
             index_elements=[webhook_events.c.source, webhook_events.c.event_id],
             set_={"status": "dead", "processed_at": now},
             where=webhook_events.c.status.in_(may_take),
-        ).returning(webhook_events.c.id)
-        row_id = conn.execute(row).scalar()
-        if row_id is None:
+        ).returning(webhook_events.c.id, webhook_events.c.attempts, webhook_events.c.errors)
+        taken = conn.execute(row).first()
+        if taken is None:
             return False
-        old = conn.execute(
-            select(dead_letters.c.attempts, dead_letters.c.errors).where(
-                dead_letters.c.source == envelope.source,
-                dead_letters.c.event_id == envelope.event_id,
-            )
-        ).first()
-        attempts = len(errors) + (old.attempts if old else 0)
-        all_errors = (list(old.errors) if old else []) + [e.to_json() for e in errors]
+        # every try counts: those before a replay (the row's), then this run's
+        before = int(taken.attempts)
+        new_errors = eventlog.renumber([e.to_json() for e in errors], before)
+        attempts = before + len(errors)
+        all_errors = list(taken.errors or []) + new_errors
         conn.execute(
             update(webhook_events)
-            .where(webhook_events.c.id == row_id)
+            .where(webhook_events.c.id == taken.id)
             .values(event_type=event_type, attempts=attempts, errors=all_errors)
         )
         values = dict(
@@ -111,21 +109,33 @@ def record(
             failed_at=now,  # replays: the column's default, 0
         )
         stmt = dialect.insert(dead_letters).values(**values)
-        update_cols = {
+        update_cols: dict[str, Any] = {
             k: stmt.excluded[k]
             for k in ("event_type", "reason", "permanent", "attempts", "errors", "failed_at")
         }
-        conn.execute(
+        update_cols["applied_at"] = None
+        dl_id = conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=[dead_letters.c.source, dead_letters.c.event_id], set_=update_cols
-            )
-        )
+            ).returning(dead_letters.c.id)
+        ).scalar_one()
+        source, event_id = envelope.source, envelope.event_id
+        steps = eventlog.failed_steps(source, event_id, new_errors)
+        steps.append(eventlog.step(source, event_id, now, "dead-lettered", dead_letter_id=dl_id))
+        eventlog.add_steps(conn, steps)
     return True
 
 
 def _where(query: Select[Any], flt: Filter) -> Select[Any]:
-    """The operators' filters; times are when the event died."""
+    """The operators' filters; times are when the event died. Without ``replayed``, the dead
+    letters still to deal with (a replay applied the others: kept, for the record)."""
     t = dead_letters.c
+    if flt.replayed is None:
+        query = query.where(t.applied_at.is_(None))
+    elif flt.replayed:
+        query = query.where(t.replayed_at.is_not(None))
+    else:
+        query = query.where(t.replayed_at.is_(None))
     if flt.source:
         query = query.where(t.source == flt.source)
     if flt.type:
@@ -211,6 +221,8 @@ def replay(
     spec: JobSpec,
     ids: Sequence[int],
     on_each: Callable[[int, str], None] | None = None,
+    *,
+    by: str,
 ) -> Iterator[int]:
     """Queue each dead letter again as a fresh job (all attempts available); yields each id once
     queued and marked. The effects cannot apply twice: the worker's ``webhook_events`` row
@@ -219,20 +231,57 @@ def replay(
     for dl_id in ids:
         with engine.connect() as conn:
             row = conn.execute(select(dead_letters).where(dead_letters.c.id == dl_id)).first()
-        if row is None:
+        if row is None or row.applied_at is not None:  # gone, or applied by a replay already
             continue
         job = build_job(_envelope(row), spec)
         job.connection = redis
+        asked = utcnow()  # before the worker can take it: the timeline's order
         queue.enqueue_job(job)
         with engine.begin() as conn:
             conn.execute(
                 update(dead_letters)
                 .where(dead_letters.c.id == dl_id)
-                .values(replayed_at=utcnow(), replays=dead_letters.c.replays + 1)
+                .values(replayed_at=asked, replays=dead_letters.c.replays + 1)
             )
+            replay_step = eventlog.step(
+                row.source, row.event_id, asked, "replay", dead_letter_id=dl_id, by=by
+            )
+            eventlog.add_steps(conn, [replay_step])
         if on_each:
             on_each(dl_id, job.id)
         yield dl_id
+
+
+#: what became of a dead letter queued again: its replay applied it, it died again, it is still
+#: with the workers (queued or waiting to retry), or it was purged meanwhile
+OUTCOMES = ("processed", "dead again", "waiting", "gone")
+
+
+def replay_outcomes(engine: Engine, queued: Mapping[int, dt.datetime]) -> dict[int, str]:
+    """What became of each dead letter queued again at the time given: one of :data:`OUTCOMES`."""
+    if not queued:
+        return {}
+    with engine.connect() as conn:
+        found = {
+            r.id: r
+            for r in conn.execute(
+                select(
+                    dead_letters.c.id, dead_letters.c.applied_at, dead_letters.c.failed_at
+                ).where(dead_letters.c.id.in_(list(queued)))
+            )
+        }
+    out = {}
+    for dl_id, at in queued.items():
+        row = found.get(dl_id)
+        if row is None:
+            out[dl_id] = "gone"
+        elif row.applied_at is not None and as_utc(row.applied_at) >= at:
+            out[dl_id] = "processed"
+        elif as_utc(row.failed_at) >= at:
+            out[dl_id] = "dead again"
+        else:
+            out[dl_id] = "waiting"
+    return out
 
 
 def purge(engine: Engine, ids: Sequence[int]) -> int:

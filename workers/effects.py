@@ -9,12 +9,13 @@ lock. Either way the handlers' effects commit with the row or not at all.
 
 A dead-lettered event has a row too (status ``dead``), so an event is never both applied and
 dead: whichever of the two commits its row first decides. Only an operator's replay takes a row
-over: a dead letter's replay may turn ``dead`` into ``processed`` (and removes the dead letter
-in the same transaction), a replay of an ignored event may turn ``ignored`` into ``processed``.
+over: a dead letter's replay may turn ``dead`` into ``processed`` (and marks the dead letter
+applied in the same transaction: it stays, for the record), a replay of an ignored event may
+turn ``ignored`` into ``processed``; either way ``attempts`` counts the tries before it too.
 
-The event log: the row keeps the attempts' errors and the remote address; while ``[archive]
-retention_days`` is not 0 the body and the redacted headers go into ``event_bodies`` in the
-same transaction.
+The event log: the row keeps the attempts' errors and the remote address, ``event_steps`` the
+timeline (each failed attempt, the outcome); while ``[archive] retention_days`` is not 0 the
+body and the redacted headers go into ``event_bodies`` in the same transaction.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, func, tuple_
+from sqlalchemy import Connection, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, StatementError
 from sqlalchemy.orm import Session
 
-from shared import telemetry
+from shared import eventlog, telemetry
 from shared.db import dead_letters, event_bodies, from_timestamp, utcnow, webhook_events
 from shared.envelope import Envelope, Replay
 from shared.errors import PermanentError
@@ -115,24 +116,72 @@ def _claim_statement(dialect_name: str, takeover: Replay | None) -> Any:
             set_={
                 "status": new.status,
                 "event_type": new.event_type,
-                "attempts": new.attempts,
+                # every try counts, those before the replay too
+                "attempts": webhook_events.c.attempts + new.attempts,
                 "processed_at": new.processed_at,
-                # a replay that succeeds at once keeps the errors of the attempts before it
-                "errors": func.coalesce(new.errors, webhook_events.c.errors),
+                # the errors: the earlier ones, and this run's (added once they are known)
             },
             where=webhook_events.c.status == takeover,
         )
-    return stmt.returning(webhook_events.c.id, webhook_events.c.source, webhook_events.c.event_id)
+    return stmt.returning(
+        webhook_events.c.id,
+        webhook_events.c.source,
+        webhook_events.c.event_id,
+        webhook_events.c.attempts,
+        webhook_events.c.errors,
+    )
 
 
-def _claim(conn: Connection, items: Sequence[_Prepared], takeover: Replay | None) -> dict[Key, int]:
+@dataclass(frozen=True)
+class _Claimed:
+    """A row inserted now or taken over: its id, and the tries before this run."""
+
+    id: int
+    before: int
+    errors: list[dict[str, Any]]
+
+
+def _claim(
+    conn: Connection, items: Sequence[_Prepared], takeover: Replay | None
+) -> dict[Key, _Claimed]:
     """Insert the rows of ``items``; the keys inserted now (or taken over from a ``takeover``
-    row), with their row ids."""
+    row), with their row ids and the tries before this run (0 unless taken over)."""
     if not items:
         return {}
     stmt = _claim_statement(conn.dialect.name, takeover)
     result = conn.execute(stmt, [item.row() for item in items])
-    return {(r.source, r.event_id): r.id for r in result}
+    attempt = {item.key: item.delivery.attempt for item in items}
+    out = {}
+    for r in result:
+        key = (r.source, r.event_id)
+        before = int(r.attempts) - attempt[key] if takeover else 0
+        out[key] = _Claimed(r.id, before, list(r.errors or []) if takeover else [])
+    return out
+
+
+def _record_steps(
+    conn: Connection, applied: Sequence[_Prepared], claimed: dict[Key, _Claimed], now: Any
+) -> None:
+    """The timeline of each event applied now: this run's failed attempts, then its outcome,
+    numbered among every try of the event; a takeover's row gets this run's errors added."""
+    steps = []
+    for item in applied:
+        got = claimed[item.key]
+        errors = eventlog.renumber(item.delivery.errors, got.before)
+        source, event_id = item.key
+        steps += eventlog.failed_steps(source, event_id, errors)
+        steps.append(
+            eventlog.step(
+                source, event_id, now, item.status, attempt=got.before + item.delivery.attempt
+            )
+        )
+        if got.before and errors:  # a row taken over keeps its errors: this run's are added
+            conn.execute(
+                update(webhook_events)
+                .where(webhook_events.c.id == got.id)
+                .values(errors=got.errors + errors)
+            )
+    eventlog.add_steps(conn, steps)
 
 
 def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) -> list[Outcome]:
@@ -142,7 +191,7 @@ def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) 
     for item in items:  # the same event twice in one batch: one row, applied once
         first.setdefault(item.key, item)
     unique = list(first.values())
-    claimed: dict[Key, int] = {}
+    claimed: dict[Key, _Claimed] = {}
     for takeover in (None, "dead", "ignored"):
         claimed |= _claim(conn, [i for i in unique if i.envelope.replay == takeover], takeover)
     outcomes: list[Outcome] = []
@@ -159,15 +208,17 @@ def _apply_all(session: Session, items: Sequence[_Prepared], keep_bodies: bool) 
                 _handle(item, session)
         applied.append(item)
         outcomes.append(item.status)
+    now = utcnow()
     revived = [i.key for i in applied if i.envelope.replay == "dead"]
-    if revived:
+    if revived:  # kept for the record, no longer among those to deal with
         conn.execute(
-            delete(dead_letters).where(
-                tuple_(dead_letters.c.source, dead_letters.c.event_id).in_(revived)
-            )
+            update(dead_letters)
+            .where(tuple_(dead_letters.c.source, dead_letters.c.event_id).in_(revived))
+            .values(applied_at=now)
         )
+    _record_steps(conn, applied, claimed, now)
     if keep_bodies and applied:
-        _keep_bodies(conn, applied, claimed)
+        _keep_bodies(conn, applied, {k: c.id for k, c in claimed.items()})
     flush_payments(session)
     return outcomes
 
