@@ -274,6 +274,7 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
     A batch whose bookkeeping is refused anyway leaves its jobs where the janitor finds them
     once there is room."""
     batches = 0
+    ran = False
     while redis_full(worker.connection, RELIEF_BELOW):
         progressed = False
         for queue in queues:
@@ -285,11 +286,15 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
             if job is None:
                 worker.connection.lrem(queue.intermediate_queue_key, 1, ids[0])
                 continue
+            ran = True
             try:
                 worker.batch.run(job, queue)
                 batches += 1
             except OutOfMemoryError:
                 log.warning("Redis refused a batch's bookkeeping; the janitor will take it")
+                # what the batch registered as running stays so, unrenewed: the heartbeat
+                # thread of RQ's loop, next, must not keep it alive, or no janitor ever would
+                worker.executions.clear()
         if not progressed:
             log.warning(
                 "Redis is full and no event is queued to free it: raise its maxmemory, or"
@@ -298,8 +303,10 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
             break
     if batches:
         log.info("Redis was full: %d batches applied to make room", batches)
-        # the batches' bookkeeping wrote the worker's hash; RQ's registration, next, would
-        # take it for another live worker of the same name
+    if ran:
+        # the batches' bookkeeping wrote the worker's hash (a refused one too: its first
+        # script did); RQ's registration, next, would take it for another live worker of the
+        # same name and stop the process
         worker.connection.delete(worker.key)
     return batches
 
