@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from shared import rqcompat
 from shared.config import Settings
@@ -38,12 +38,22 @@ def _queue_one(client: redis.Redis, settings: Settings) -> None:
     claim(client, envelope, JobSpec.from_settings(settings))
 
 
-def _refused(*_args: Any, **_kwargs: Any) -> None:
-    raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+#: how redis-py raises a refused write: a command's, and a script's before Redis 7.2
+REFUSALS = [
+    OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    ResponseError(
+        "Error running script (call to f_0d1f): @user_script:5: @user_script: 5: -OOM command"
+        " not allowed when used memory > 'maxmemory'."
+    ),
+]
 
 
+@pytest.mark.parametrize("refusal", REFUSALS, ids=["command", "script"])
 def test_a_refused_batch_leaves_its_jobs_to_the_janitor_and_the_worker_registers(
-    redis_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: RedisError,
 ) -> None:
     runtime.configure(settings)
     # Given an event queued, and a Redis full for one round of relief
@@ -52,8 +62,12 @@ def test_a_refused_batch_leaves_its_jobs_to_the_janitor_and_the_worker_registers
     worker = EventWorker(queues, connection=redis_client)
     full = iter([True])
     monkeypatch.setattr(worker_module, "redis_full", lambda *_a, **_k: next(full, False))
+
     # And Redis refusing the batch's bookkeeping once the event is applied
-    monkeypatch.setattr(rqcompat, "record_successes", _refused)
+    def refused(*_args: Any, **_kwargs: Any) -> None:
+        raise refusal
+
+    monkeypatch.setattr(rqcompat, "record_successes", refused)
     # When the worker relieves Redis
     assert relieve(worker, queues) == 0
     # Then RQ's registration of the worker, next, goes through

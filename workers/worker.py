@@ -36,7 +36,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, OutOfMemoryError
+from redis.exceptions import LockError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.command import parse_payload
@@ -290,7 +290,9 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
             try:
                 worker.batch.run(job, queue)
                 batches += 1
-            except OutOfMemoryError:
+            except RedisError as err:
+                if not redisconn.refused_for_memory(err):
+                    raise
                 log.warning("Redis refused a batch's bookkeeping; the janitor will take it")
                 # what the batch registered as running stays so, unrenewed: the heartbeat
                 # thread of RQ's loop, next, must not keep it alive, or no janitor ever would
@@ -345,10 +347,12 @@ def run(
         try:
             relieve(worker, queues)
             worker.work(with_scheduler=True, logging_level=rq_log_level)
-        except OutOfMemoryError:
-            log.warning("Redis is full (maxmemory): applying queued events to make room")
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             log.warning("redis unavailable (%s)", type(err).__name__)
+        except RedisError as err:
+            if not redisconn.refused_for_memory(err):
+                raise
+            log.warning("Redis is full (maxmemory): applying queued events to make room")
         if worker.stopping:
             return
         # RQ's loop gave up (on Redis, most likely); wait for it and start again with a
