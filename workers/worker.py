@@ -49,7 +49,7 @@ from rq.worker_registration import clean_worker_registry
 
 from shared import eventlog, keys, redisconn, rqcompat
 from shared.config import Settings
-from shared.rqcompat import JobSerializer
+from shared.rqcompat import EventJob, JobSerializer
 from workers import retries, runtime
 from workers.batch import BatchRunner
 
@@ -93,6 +93,7 @@ class EventWorker(SimpleWorker):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JobSerializer)
+        kwargs.setdefault("job_class", EventJob)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         super().__init__(list(queues), connection=connection, **kwargs)
@@ -202,6 +203,7 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
                 name=queue.name,
                 connection=connection,
                 serializer=JobSerializer,
+                job_class=EventJob,
                 death_penalty_class=TimerDeathPenalty,
             ).cleanup()
             for job in rqcompat.stuck_in_intermediate(queue, STUCK_SECONDS):
@@ -252,7 +254,7 @@ def connect(settings: Settings) -> Redis:
 
 def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> list[Queue]:
     return [
-        Queue(name, connection=connection, serializer=JobSerializer)
+        Queue(name, connection=connection, serializer=JobSerializer, job_class=EventJob)
         for name in (names or [settings.queue])
     ]
 
