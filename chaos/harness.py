@@ -28,7 +28,9 @@ after the cause is fixed applies each once. Every key in the run's Redis must be
 variable from the environment).
 
 The Redis failover scenario (a primary, a replica and three Sentinels; ``kill -9`` of the
-primary) is :mod:`chaos.failover`: ``python chaos/run.py --scenario failover``.
+primary) is :mod:`chaos.failover`: ``python chaos/run.py --scenario failover``; a Redis filled
+to its ``maxmemory`` with no worker running, then drained, is :mod:`chaos.redis_full`:
+``python chaos/run.py --scenario redis-full``.
 """
 
 from __future__ import annotations
@@ -1150,11 +1152,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["faults", "failover"],
+        choices=["faults", "failover", "redis-full"],
         default="faults",
         help="faults (default): this run; failover: kill -9 of a Redis primary behind Sentinel,"
         " with ack_replicas 1 and 0 (chaos/failover.py; --scenario failover --help lists its"
-        " options)",
+        " options); redis-full: a Redis filled to its maxmemory with no worker, then drained"
+        " under load (chaos/redis_full.py; --scenario redis-full --help)",
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="sending time (default 10)")
     parser.add_argument(

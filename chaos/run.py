@@ -9,6 +9,12 @@ traffic); see :mod:`chaos.harness`
 a Redis primary, a replica and three Sentinels under the same traffic; the primary is killed
 with ``kill -9`` mid-load, once per ``[ingest] ack_replicas`` mode (both by default); see
 :mod:`chaos.failover` (``--scenario failover --help`` for its options).
+
+``python chaos/run.py --scenario redis-full [--rate R] [--maxmemory-mb M] [--modes 95,0]
+[--out FILE]``: a Redis at a small ``maxmemory`` filled through the ingress with no worker
+running until it answers 503, then drained by two workers under the same traffic, once per
+``[ingest] shed_at_memory_percent`` mode (both by default); see :mod:`chaos.redis_full`
+(``--scenario redis-full --help`` for its options).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from chaos.harness import Harness, _raise_interrupt, parse_args  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch on ``--scenario`` (``faults``, the default, or ``failover``)."""
+    """Dispatch on ``--scenario`` (``faults``, the default, ``failover`` or ``redis-full``)."""
     scenario = "faults"
     for i, arg in enumerate(argv):
         if arg == "--scenario" and i + 1 < len(argv):
@@ -43,6 +49,10 @@ def main(argv: list[str]) -> int:
         from chaos import failover
 
         return failover.main(argv)
+    if scenario == "redis-full":
+        from chaos import redis_full
+
+        return redis_full.main(argv)
     return faults(argv)
 
 

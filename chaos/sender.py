@@ -133,6 +133,11 @@ class Sender:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def send_for(self, seconds: float) -> None:
+        """Send new events for ``seconds`` more from now, then only finish the retries (a run
+        whose length depends on what it sees, once sending has started)."""
+        self.duration = time.time() - self.result.started_at + seconds
+
     def _run(self) -> None:
         try:
             asyncio.run(self._main())

@@ -120,9 +120,12 @@ class Managed:
 
 class RedisServer:
     """A redis-server of our own: 127.0.0.1, a free port, AOF in a directory of our own. Killed
-    with ``kill -9`` and started again on the same port and directory."""
+    with ``kill -9`` and started again on the same port and directory. ``extra`` adds
+    options to its command line (``--maxmemory 32mb``...)."""
 
-    def __init__(self, workdir: Path, port: int, fsync: str, log: Path) -> None:
+    def __init__(
+        self, workdir: Path, port: int, fsync: str, log: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.dir = workdir
         self.port = port
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,7 @@ class RedisServer:
             "",
             "--daemonize",
             "no",
+            *extra,
         ]
         self.process = Managed("redis", argv, env_for(), log)
 

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from ingest.addresses import allowed, client_address
 from ingest.body import Reading
@@ -388,12 +388,12 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     started = time.perf_counter()
     try:
         claimed = await app[CLAIMS].claim(keys_, args)
-    except OutOfMemoryError:
-        # Redis refused the event's writes (the script undid what it wrote): nothing queued
-        log.warning("redis is full (maxmemory) for %s: 503", envelope.source)
-        app[MEMORY].full()
-        return _unavailable(request, envelope.source, "redis_full")
     except (RedisError, OSError, TimeoutError) as err:
+        if redisconn.refused_for_memory(err):
+            # Redis refused the event's writes (the script undid what it wrote): nothing queued
+            log.warning("redis is full (maxmemory) for %s: 503", envelope.source)
+            app[MEMORY].full()
+            return _unavailable(request, envelope.source, "redis_full")
         # nothing is acknowledged that is not queued: the provider will retry
         log.warning(
             "redis unavailable for %s: %s",

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis import Redis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
@@ -58,6 +58,16 @@ class SentinelTarget:
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
         return f"sentinel service {self.service!r} at {hosts}"
+
+
+def refused_for_memory(err: BaseException) -> bool:
+    """Whether ``err`` is Redis refusing a write at ``maxmemory`` (``noeviction``): redis-py's
+    ``OutOfMemoryError`` for a command, and for a script's refused write before Redis 7.2 a
+    plain ``ResponseError`` ("Error running script ... -OOM command not allowed when used
+    memory > 'maxmemory'")."""
+    if isinstance(err, OutOfMemoryError):
+        return True
+    return isinstance(err, ResponseError) and "command not allowed when used memory" in str(err)
 
 
 def parse_sentinel(url: str) -> SentinelTarget | None:

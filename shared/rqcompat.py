@@ -95,6 +95,34 @@ class JobSerializer:
             return json.loads(data.decode("utf-8"))
 
 
+class EventJob(Job):
+    """RQ's job, retried atomically. RQ's ``Job.retry`` writes a job's status ``scheduled``
+    straight away, outside the transaction that then takes it out of the StartedJobRegistry
+    and puts it in the ScheduledJobRegistry. When that transaction is refused (a Redis at
+    ``maxmemory`` refuses it while the single write before it went through) the job is left
+    ``scheduled`` in no registry: RQ's janitor skips it (it is not ``started``) and drops its
+    entry, and nothing ever runs it again. Here the status goes in the same transaction, so
+    a refused retry leaves the job ``started`` where it was, for the janitor to retry once
+    Redis has room. Used wherever hookline builds a queue, a registry or a job that a worker
+    may retry (``job_class``)."""
+
+    def retry(self, queue: Queue, pipeline: Any) -> None:
+        interval = self.get_retry_interval()
+        if not interval:  # enqueued again at once: RQ writes that in the transaction
+            super().retry(queue, pipeline)
+            return
+        assert self.retries_left
+        self.retries_left = self.retries_left - 1
+        self.set_status(JobStatus.SCHEDULED, pipeline=pipeline)
+        queue.schedule_job(self, now() + dt.timedelta(seconds=interval), pipeline=pipeline)
+        self.log.info(
+            "Job %s: scheduled for retry in %s s, %s remaining",
+            self.id,
+            interval,
+            self.retries_left,
+        )
+
+
 # -- the ingress: what RQ writes for a queued job ------------------------------------------
 
 #: the fields of a queued event job that differ from one event to the next
@@ -144,7 +172,7 @@ def fetch(connection: Redis, ids: Sequence[str]) -> list[Job | None]:
         if not data:
             jobs.append(None)
             continue
-        job = Job(job_id, connection=connection, serializer=JobSerializer)
+        job = EventJob(job_id, connection=connection, serializer=JobSerializer)
         job.restore(data)
         jobs.append(job)
     return jobs

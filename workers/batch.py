@@ -35,12 +35,13 @@ from contextlib import AbstractContextManager
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from shared import rqcompat
+from shared import redisconn, rqcompat
 from workers import retries, tasks
 
 if TYPE_CHECKING:
@@ -241,15 +242,26 @@ class BatchRunner:
                 # if even this fails (the database is away as the event dies), the job stays
                 # registered as running: it comes back as abandoned and is decided again
                 ends = retries.attempt_failed(job, failure)
-                with self.worker.bookkeeping:
-                    rqcompat.record_failure(
-                        self.rq,
-                        job,
-                        queue,
-                        execution,
-                        exc_string,
-                        retry=not ends,
-                        stopped=failure is retries.STOPPED,
+                try:
+                    with self.worker.bookkeeping:
+                        rqcompat.record_failure(
+                            self.rq,
+                            job,
+                            queue,
+                            execution,
+                            exc_string,
+                            retry=not ends,
+                            stopped=failure is retries.STOPPED,
+                        )
+                except RedisError as err:
+                    if not redisconn.refused_for_memory(err):
+                        raise
+                    # Redis is full: the job stays registered as running, unrenewed, for the
+                    # janitor to decide again once there is room; the batch's other events go
+                    # on, and their bookkeeping frees memory
+                    rqcompat.let_go(self.rq, execution)
+                    log.warning(
+                        "Redis is full: job %s's failed attempt is left to the janitor", job.id
                     )
                 continue
             done.append((job, execution, value))

@@ -45,7 +45,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, OutOfMemoryError
+from redis.exceptions import LockError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.command import parse_payload
@@ -59,7 +59,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared import eventlog, keys, redisconn, rqcompat
 from shared.config import Settings
-from shared.rqcompat import JobSerializer
+from shared.rqcompat import EventJob, JobSerializer
 from workers import retries, runtime
 from workers.batch import BatchRunner
 
@@ -107,6 +107,7 @@ class EventWorker(SimpleWorker):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JobSerializer)
+        kwargs.setdefault("job_class", EventJob)
         kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         super().__init__(list(queues), connection=connection, **kwargs)
@@ -234,6 +235,7 @@ def sweep(queues: Sequence[Queue], worker: EventWorker, *, full: bool = False) -
                 name=queue.name,
                 connection=connection,
                 serializer=JobSerializer,
+                job_class=EventJob,
                 death_penalty_class=TimerDeathPenalty,
             ).cleanup()
             for job in rqcompat.stuck_in_intermediate(queue, STUCK_SECONDS):
@@ -285,7 +287,7 @@ def connect(settings: Settings) -> Redis:
 
 def queues_for(settings: Settings, names: Sequence[str], connection: Redis) -> list[Queue]:
     return [
-        Queue(name, connection=connection, serializer=JobSerializer)
+        Queue(name, connection=connection, serializer=JobSerializer, job_class=EventJob)
         for name in (names or [settings.queue])
     ]
 
@@ -307,6 +309,7 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
     A batch whose bookkeeping is refused anyway leaves its jobs where the janitor finds them
     once there is room."""
     batches = 0
+    ran = False
     while redis_full(worker.connection, RELIEF_BELOW):
         progressed = False
         for queue in queues:
@@ -318,11 +321,17 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
             if job is None:
                 worker.connection.lrem(queue.intermediate_queue_key, 1, ids[0])
                 continue
+            ran = True
             try:
                 worker.batch.run(job, queue)
                 batches += 1
-            except OutOfMemoryError:
+            except RedisError as err:
+                if not redisconn.refused_for_memory(err):
+                    raise
                 log.warning("Redis refused a batch's bookkeeping; the janitor will take it")
+                # what the batch registered as running stays so, unrenewed: the heartbeat
+                # thread of RQ's loop, next, must not keep it alive, or no janitor ever would
+                worker.executions.clear()
         if not progressed:
             log.warning(
                 "Redis is full and no event is queued to free it: raise its maxmemory, or"
@@ -331,8 +340,10 @@ def relieve(worker: EventWorker, queues: Sequence[Queue]) -> int:
             break
     if batches:
         log.info("Redis was full: %d batches applied to make room", batches)
-        # the batches' bookkeeping wrote the worker's hash; RQ's registration, next, would
-        # take it for another live worker of the same name
+    if ran:
+        # the batches' bookkeeping wrote the worker's hash (a refused one too: its first
+        # script did); RQ's registration, next, would take it for another live worker of the
+        # same name and stop the process
         worker.connection.delete(worker.key)
     return batches
 
@@ -372,10 +383,12 @@ def run(
         try:
             relieve(worker, queues)
             worker.work(with_scheduler=True, logging_level=rq_log_level)
-        except OutOfMemoryError:
-            log.warning("Redis is full (maxmemory): applying queued events to make room")
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             log.warning("redis unavailable (%s)", type(err).__name__)
+        except RedisError as err:
+            if not redisconn.refused_for_memory(err):
+                raise
+            log.warning("Redis is full (maxmemory): applying queued events to make room")
         if worker.stopping:
             return
         # RQ's loop gave up (on Redis, most likely); wait for it and start again with a

@@ -1,0 +1,130 @@
+"""The redis-full scenario (``chaos/run.py --scenario redis-full``), short: a Redis of 8 MB
+(``noeviction``) filled through a real ingress by the provider-like sender (redeliveries,
+twins, out-of-order pairs, 5 % of events whose handler fails once) with no worker running,
+until the ingress answers 503; 3 s later two long-running workers start under the same
+traffic, which goes on 10 s more. Nothing acknowledged may be lost, nothing applied twice,
+every 202 applied exactly once, no key evicted, and new events must be answered 202 again.
+
+Once with ``shed_at_memory_percent = 95`` (the default: the ingress stops short of full) and
+once with ``0`` (Redis filled to its very limit, where the workers' first writes must free
+memory, and a failed attempt's bookkeeping is refused). About 50 s a mode."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import ROOT, env_for
+
+RUN = ROOT / "chaos" / "run.py"
+RUN_TIMEOUT_SECONDS = 150
+ARGS = [
+    "--scenario",
+    "redis-full",
+    "--maxmemory-mb",
+    "8",
+    "--rate",
+    "120",
+    "--full-for",
+    "3",
+    "--after",
+    "10",
+    "--provider-retries",
+    "2,4,8,16",
+    "--drain-timeout",
+    "45",
+]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _run(tmp_path: Path, postgres_url: str, shed: int) -> dict[str, Any]:
+    out, log = tmp_path / "redis-full.json", tmp_path / "redis-full.log"
+    argv = [sys.executable, str(RUN), *ARGS, "--modes", str(shed)]
+    argv += ["--database-url", postgres_url, "--out", str(out)]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            argv, env=env_for(), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        try:
+            proc.wait(timeout=RUN_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # the run stops everything it started, then exits
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            pytest.fail(f"the redis-full run overran {RUN_TIMEOUT_SECONDS} s:\n{_tail(log)}")
+    assert out.exists(), _tail(log)
+    result = json.loads(out.read_text())
+    mode = result["modes"][f"shed_{shed}"]
+    assert mode["exit_status"] in (0, 1), (mode["harness_errors"], _tail(log))
+    full = mode["redis_full"]
+    print(
+        f"\nredis-full (shed_at_memory_percent = {shed}): first 503 after"
+        f" {full['acknowledged_before_first_503']} events acknowledged; workers started ->"
+        f" first 202 {full['workers_started_to_first_202_s']} s;"
+        f" {mode['checks']['acknowledged']} acknowledged, {len(mode['checks']['lost'])} lost,"
+        f" {len(mode['checks']['duplicated_effects'])} applied twice"
+    )
+    return dict(mode)
+
+
+def _assert_drained_once_each(mode: dict[str, Any]) -> None:
+    checks, full = mode["checks"], mode["redis_full"]
+    start = full["at_workers_start"]
+    # Then Redis was full (the ingress refused) before any worker ran, and held every event
+    # it had acknowledged in its queue
+    assert full["first_503_s"] is not None
+    assert start["queued"] >= full["acknowledged_before_first_503"] > 500
+    # And once the workers started, new events were answered 202 again
+    assert full["workers_started_to_first_202_s"] is not None
+    # And every acknowledged event is applied, exactly once; none applied twice
+    assert checks["acknowledged"] > start["queued"]
+    assert checks["lost"] == [], checks["lost"][:20]
+    assert checks["duplicated_effects"] == [], checks["duplicated_effects"][:20]
+    assert full["acknowledged_not_applied_exactly_once"] == []
+    assert mode["deliveries"]["redeliveries_accepted_again_after_acknowledgement"] == []
+    assert checks["drain_after_sender"]["drained"], checks["drain_after_sender"]
+    # And Redis evicted nothing
+    assert full["redis"]["evicted_keys"] == 0
+    assert full["redis"]["maxmemory_policy"] == "noeviction"
+    # And no hookline process died, and nothing was left running
+    assert mode["supervisor"]["unexpected_deaths"] == []
+    assert mode["processes"]["still_alive"] == [], mode["processes"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 120)
+def test_a_full_redis_under_load_drains_by_itself_when_the_ingress_sheds_at_95(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Given the ingress shedding load at 95 % of maxmemory (the default), Redis filled through
+    # it with no worker running; When two workers start and the traffic goes on
+    mode = _run(tmp_path, postgres_url, 95)
+    # Then the ingress stopped short of full: Redis never refused a write
+    assert mode["redis_full"]["at_workers_start"]["percent_of_maxmemory"] < 100
+    _assert_drained_once_each(mode)
+    assert mode["exit_status"] == 0, [t for t in mode["targets"] if t["result"] == "MISS"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 120)
+def test_a_redis_filled_to_its_limit_drains_by_itself(tmp_path: Path, postgres_url: str) -> None:
+    # Given no shedding (shed_at_memory_percent = 0): the ingress fills Redis to maxmemory
+    mode = _run(tmp_path, postgres_url, 0)
+    assert mode["redis_full"]["at_workers_start"]["percent_of_maxmemory"] >= 99
+    # When two workers start under the same traffic, 5 % of whose events fail once (their
+    # retries' bookkeeping refused while Redis is full)
+    # Then every acknowledged event is applied once, as with shedding
+    _assert_drained_once_each(mode)
+    assert mode["exit_status"] == 0, [t for t in mode["targets"] if t["result"] == "MISS"]
