@@ -161,9 +161,12 @@ def test_redelivery_after_the_dedup_window_changes_nothing(
     deliver(redis_client, settings, "moncash", body=body)
     run_worker(redis_client, settings)
     # the claim expired: the ingress queues the redelivery again
-    for key in redis_client.scan_iter("hookline:claim:*"):
+    from shared import keys
+
+    for key in redis_client.scan_iter(keys.CLAIM + "*"):
         redis_client.delete(key)
     deliver(redis_client, settings, "moncash", body=body)
+    assert queues_for(settings, [], redis_client)[0].count == 1
     run_worker(redis_client, settings)
     assert len(rows(engine, webhook_events)) == 1
     assert [(p["reference"], p["status"]) for p in rows(engine, payments)] == [("R1", "completed")]
