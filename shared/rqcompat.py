@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import WatchError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -464,18 +465,29 @@ def stuck_in_intermediate(queue: Queue, after_seconds: float) -> list[Job]:
 
 def move_due_retries(queue: Queue, overdue_seconds: float = 0) -> int:
     """Enqueue the retries due ``overdue_seconds`` ago or more, as RQ's scheduler does every
-    second in a long-running worker. Removing the id from the ScheduledJobRegistry is the
-    claim: of two processes moving the same job, only the one that removed it enqueues it."""
+    second in a long-running worker: each in one transaction that takes it out of the
+    ScheduledJobRegistry and enqueues it (RQ's own ``enqueue_job``), watching the registry so
+    that of two processes moving the same job only one does. Two steps would lose the job
+    between them: to a ``kill -9``, or to a Redis at ``maxmemory`` that lets the removal
+    through (it frees memory) and refuses the enqueue; refused whole, it stays scheduled for
+    the next round."""
     registry = queue.scheduled_job_registry
     moved = 0
     for job_id in registry.get_jobs_to_schedule(int(time.time() - overdue_seconds)):
-        if not queue.connection.zrem(registry.key, job_id):
-            continue
-        job = queue.fetch_job(job_id)
-        if job is None:
-            continue
-        queue.enqueue_job(job)
-        moved += 1
+        with queue.connection.pipeline() as pipe:
+            try:
+                pipe.watch(registry.key)
+                if pipe.zscore(registry.key, job_id) is None:
+                    continue  # moved by another process meanwhile
+                [job] = fetch(queue.connection, [job_id])
+                pipe.multi()
+                pipe.zrem(registry.key, job_id)
+                if job is not None:  # a job that is gone only leaves its entry
+                    queue.enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+            except WatchError:
+                continue  # the registry changed: the next round looks again
+        moved += job is not None
     return moved
 
 

@@ -110,3 +110,27 @@ def test_a_failure_refused_by_a_full_redis_does_not_end_the_batch(
     [left] = queue.started_job_registry.get_job_ids(cleanup=False)
     assert rqcompat.fetch(redis_client, [left])[0].args[0]["event_id"] == "f-2"  # type: ignore[union-attr]
     assert worker.executions == {}
+
+
+def test_a_due_retry_whose_enqueue_is_refused_stays_scheduled(
+    redis_client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given an event's retry due now in the ScheduledJobRegistry
+    (tmp_path / "fail_f-3").write_text("1")
+    deliver(redis_client, settings, "flaky", body=b'{"id": "f-3", "type": "x"}')
+    [queue] = queues_for(settings, [], redis_client)
+    worker = EventWorker([queue], connection=redis_client)
+    [job] = rqcompat.fetch(redis_client, rqcompat.take(queue, 1))
+    assert job is not None
+    [execution] = rqcompat.start(worker, queue, [job], 60)
+    rqcompat.record_failure(worker, job, queue, execution, "boom", retry=True)
+    assert queue.scheduled_job_registry.get_job_ids() == [job.id]
+    # When the janitor moves it to its queue and Redis refuses the enqueue (maxmemory)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", _refused)
+    with pytest.raises(OutOfMemoryError):
+        rqcompat.move_due_retries(queue, overdue_seconds=-3600)
+    monkeypatch.undo()
+    # Then it is still scheduled (not in no registry at all), and the next round moves it
+    assert queue.scheduled_job_registry.get_job_ids() == [job.id]
+    assert rqcompat.move_due_retries(queue, overdue_seconds=-3600) == 1
+    assert queue.job_ids == [job.id] and queue.scheduled_job_registry.count == 0
