@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import random
 import secrets
@@ -42,13 +41,12 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from chaos import report
-from chaos.harness import Harness, _raise_interrupt
+from chaos.harness import Harness, _raise_interrupt, run_scenario_mode
 from chaos.sender import RETRY_DELAYS, Attempt, Key, Mix, Sender
 from tests.processes import ROOT, percentile, processes_in_groups
 from tests.redis_topology import SERVICE, Topology, restart_as_replica, sentinel_topology
@@ -579,40 +577,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_mode(args: argparse.Namespace, ack_replicas: int) -> dict[str, Any]:
     harness = FailoverHarness(args, ack_replicas)
-    status = 2
-    keep = args.keep_workdir
-    try:
-        harness.setup()
-        harness.inject()
-        drain = harness.wait_settled()
-        harness.measure(drain)
-        harness.results["targets"] = harness.targets()
-        status = 1 if any(t["result"] == "MISS" for t in harness.results["targets"]) else 0
-        keep = keep or status != 0
-    except (Exception, KeyboardInterrupt) as err:
-        harness.errors.append(f"run aborted: {err!r}")
-        keep = True
-        status = 2 if isinstance(err, Exception) else 130
-        print(f"[chaos] failover run aborted: {err!r}", file=sys.stderr, flush=True)
-        traceback.print_exc()
-        if isinstance(err, KeyboardInterrupt):
-            harness.results["interrupted"] = True
-    finally:
-        harness.teardown(keep)
-        harness.results.update(
-            {
-                "ack_replicas": ack_replicas,
-                "database": harness.pg_note,
-                "code": harness.code_version,
-                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
-                "wall_seconds": round(time.time() - harness.started, 1),
-                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
-                "harness_errors": harness.errors,
-                "workdir_kept": str(harness.work) if keep else None,
-                "exit_status": status,
-            }
-        )
-    return harness.results
+    return run_scenario_mode(
+        harness, args.keep_workdir, "failover", harness.wait_settled, ack_replicas=ack_replicas
+    )
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -633,14 +600,7 @@ def print_summary(results: dict[str, Any]) -> None:
         )
         if res.get("harness_errors"):
             print(f"  harness notes: {res['harness_errors']}")
-    rows = results["targets"]
-    if rows:
-        width = max(len(t["target"]) for t in rows)
-        print()
-        print(f"{'target'.ljust(width)}  result  value")
-        print(f"{'-' * width}  ------  -----")
-        for t in rows:
-            print(f"{t['target'].ljust(width)}  {t['result']:<6}  {t['value']}")
+    report.print_targets(results["targets"])
     print(f"results: {results['out']}")
 
 

@@ -1196,3 +1196,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.workers < 2:
         parser.error("--workers must be at least 2")
     return args
+
+
+def run_scenario_mode(
+    harness: Any, keep: bool, label: str, settled: Callable[[], dict[str, Any]], **mode: Any
+) -> dict[str, Any]:
+    """One mode of a scenario built on :class:`Harness` (``--scenario failover``,
+    ``redis-full``): set up, inject, wait with ``settled``, measure and judge with the
+    scenario's own ``measure`` and ``targets``; an error or Ctrl-C aborts the mode with its
+    traceback; everything is stopped, and the results carry ``mode``, where and when it ran
+    and its exit status (0 every check PASS, 1 a MISS, 2 aborted, 130 interrupted)."""
+    import datetime as dt
+    import sys
+    import traceback
+
+    status = 2
+    try:
+        harness.setup()
+        harness.inject()
+        harness.measure(settled())
+        harness.results["targets"] = harness.targets()
+        status = 1 if any(t["result"] == "MISS" for t in harness.results["targets"]) else 0
+        keep = keep or status != 0 or bool(harness.errors)
+    except (Exception, KeyboardInterrupt) as err:
+        harness.errors.append(f"run aborted: {err!r}")
+        keep = True
+        status = 2 if isinstance(err, Exception) else 130
+        print(f"[chaos] {label} run aborted: {err!r}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        if isinstance(err, KeyboardInterrupt):
+            harness.results["interrupted"] = True
+    finally:
+        harness.teardown(keep)
+        harness.results.update(
+            {
+                **mode,
+                "database": harness.pg_note,
+                "code": harness.code_version,
+                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
+                "wall_seconds": round(time.time() - harness.started, 1),
+                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
+                "harness_errors": harness.errors,
+                "workdir_kept": str(harness.work) if keep else None,
+                "exit_status": status,
+            }
+        )
+    return dict(harness.results)

@@ -659,12 +659,7 @@ def print_summary(h: Harness, command: str) -> None:
         f" {ing.get('requests')} requests; {c.get('acknowledged')} acknowledged;"
         f" {len(c.get('not_acknowledged', []))} never acknowledged"
     )
-    width = max(len(t["target"]) for t in res["targets"])
-    print()
-    print(f"{'target'.ljust(width)}  result  value")
-    print(f"{'-' * width}  ------  -----")
-    for t in res["targets"]:
-        print(f"{t['target'].ljust(width)}  {t['result']:<6}  {t['value']}")
+    print_targets(res["targets"])
     print()
     print(
         f"ingress latency: p50 {ing.get('p50_s')} s, p99 {ing.get('p99_s')} s"
@@ -717,3 +712,15 @@ def print_summary(h: Harness, command: str) -> None:
         for e in h.errors:
             print(f"  - {e}")
     print(f"results: {h.args.out}")
+
+
+def print_targets(rows: Sequence[dict[str, Any]]) -> None:
+    """The checks of a run as a table: target, PASS or MISS, the measured value."""
+    if not rows:
+        return
+    width = max(len(t["target"]) for t in rows)
+    print()
+    print(f"{'target'.ljust(width)}  result  value")
+    print(f"{'-' * width}  ------  -----")
+    for t in rows:
+        print(f"{t['target'].ljust(width)}  {t['result']:<6}  {t['value']}")
