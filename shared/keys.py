@@ -26,7 +26,7 @@ PREFIX = "hookline:" if RQ_KEY_PREFIX == "rq" else f"{RQ_KEY_PREFIX}:hookline:"
 #: the first 8 bytes of a hash of (source, event id), kept as a member of one small set per
 #: (generation, bucket): Redis stores a set of up to ``set-max-intset-entries`` (512) integers
 #: as a sorted array of 8 bytes each, so a claim costs ~8 bytes plus its share of the set's key
-#: instead of ~136 bytes for a key of its own (measured: ``bench/footprint.py``). Time is cut
+#: instead of ~190 bytes for a key of its own (measured: ``bench/footprint.py``). Time is cut
 #: into generations of ``dedup_ttl_seconds / CLAIM_GENERATIONS``; a claim is written into the
 #: current one and looked for in the current one and the CLAIM_GENERATIONS before it, so a
 #: redelivery within ``dedup_ttl_seconds`` always meets it (one up to a generation later may
