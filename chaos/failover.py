@@ -98,13 +98,7 @@ class FailoverHarness(Harness):
             f" kill -9 of the primary at {a.kill_at:.0f} s, restarted {a.restart_after:.0f} s"
             f" later; 1 ingress, 2 workers; work dir {self.work}"
         )
-        if a.no_snapshot:
-            self.code_version = {"snapshot": False}
-        else:
-            from chaos.services import snapshot_code
-
-            self.code_root = self.work / "code"
-            self.code_version = {"snapshot": str(self.code_root), **snapshot_code(self.code_root)}
+        self.snapshot()
         self._setup_database()
         self._setup_redis()
         self._write_config()

@@ -270,6 +270,15 @@ class Harness:
 
     # -- setup -----------------------------------------------------------------------------
 
+    def snapshot(self) -> None:
+        """The code under test, copied into the work dir (``--no-snapshot``: run in place), so
+        editing the checkout mid-run changes nothing the run's processes load."""
+        if self.args.no_snapshot:
+            self.code_version = {"snapshot": False}
+        else:
+            self.code_root = self.work / "code"
+            self.code_version = {"snapshot": str(self.code_root), **snapshot_code(self.code_root)}
+
     def setup(self) -> None:
         p = self.profile
         self.say(
@@ -277,11 +286,7 @@ class Harness:
             f" fsync {self.args.fsync}, work dir {self.work}"
         )
         (self.state / "poison").write_text("the cause of the poison events, until fixed\n")
-        if self.args.no_snapshot:
-            self.code_version = {"snapshot": False}
-        else:
-            self.code_root = self.work / "code"
-            self.code_version = {"snapshot": str(self.code_root), **snapshot_code(self.code_root)}
+        self.snapshot()
         self.say(f"code under test: {self.code_version}")
         self._setup_database()
         self._setup_redis()

@@ -96,13 +96,7 @@ class RedisFullHarness(Harness):
             f" {a.maxmemory_mb} MB until the ingress answers 503, {a.full_for:.0f} s more, then"
             f" {WORKERS} workers and {a.after:.0f} s more; work dir {self.work}"
         )
-        if a.no_snapshot:
-            self.code_version = {"snapshot": False}
-        else:
-            from chaos.services import snapshot_code
-
-            self.code_root = self.work / "code"
-            self.code_version = {"snapshot": str(self.code_root), **snapshot_code(self.code_root)}
+        self.snapshot()
         self._setup_database()
         self._setup_redis()
         self._write_config()
