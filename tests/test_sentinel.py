@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rq import Worker
 from sqlalchemy import select
 
 from hookline.cli import main
@@ -182,6 +183,13 @@ def test_a_failover_under_load_loses_nothing_acknowledged(
         )
         procs.start(hookline("worker"), env, tmp_path / "w.log")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 20, "the ingress")
+        # the worker registered before the primary dies (one that starts while no primary is
+        # known exits at once, saying so: the failover must meet a running worker)
+        wait_until(
+            lambda: topology.primary.ask(lambda c: Worker.count(connection=c)) >= 1,
+            30,
+            "the worker registered",
+        )
         # Given a steady stream of events, each retried until acknowledged as a provider does
         killed_at: float | None = None
         old = topology.primary
