@@ -28,7 +28,7 @@ from console.auth import SESSION_COOKIE, Sessions, Throttle, same_secret
 from console.context import JOBS, OPS, SESSION, SESSIONS, SETTINGS, THROTTLE, remote
 from console.jobs import Jobs
 from console.queries import BadInput, NotFound, NothingToDo
-from hookline.ops import Operations, connect_redis
+from hookline.ops import Operations
 from shared.config import Settings
 from shared.db import make_engine
 from shared.errors import ConfigError
@@ -92,9 +92,8 @@ def _resources(
     settings: Settings, given: Operations | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        ops = given or Operations(
-            settings, engine=_engine(settings.database_url), redis=connect_redis(settings)
-        )
+        ops = given or Operations(settings, engine=_engine(settings.database_url))
+        ops.shards  # noqa: B018  # opened (and checked) now: a cluster missing slots stops it
         app[OPS] = ops
         app[JOBS] = Jobs(ops)
         yield

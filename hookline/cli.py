@@ -266,6 +266,13 @@ def serve(config_path: str | None, host: str, port: int, processes: str) -> None
     metavar="PORT",
     help="Serve Prometheus metrics on this port.",
 )
+@click.option(
+    "--shards",
+    "shard_list",
+    default=None,
+    metavar="N[,N...]",
+    help="The shards to serve (see redis_shards; default: all), one worker process each.",
+)
 @click.option("--log-level", type=click.Choice(["info", "dev"]), default="info", hidden=True)
 @one_line_errors
 def worker(
@@ -273,12 +280,30 @@ def worker(
     burst: bool,
     queues: tuple[str, ...],
     metrics_port: int | None,
+    shard_list: str | None,
     log_level: str,
 ) -> None:
-    """Run a worker process."""
+    """Run a worker process (one per shard served, when the keys are sharded)."""
+    from shared import keys, shards
     from workers.worker import run
 
     settings = _settings(config_path)
+    layout = shards.layout_for(settings)
+    served = _served_shards(shard_list, layout)
+    if layout.tagged and keys.this_shard() is None:
+        # the processes of the shards, each with the shard's RQ_KEY_PREFIX
+        from hookline import shardworkers
+        from shared import redisconn
+
+        redisconn.check_at_start(settings.redis_url)
+        _check_eviction(settings)
+        _logging(settings)
+        args = ["--log-level", log_level, *(a for q in queues for a in ("--queues", q))]
+        if config_path:
+            args += ["--config", config_path]
+        if burst:
+            args.append("--burst")
+        sys.exit(shardworkers.run(served, args, burst=burst, metrics_port=metrics_port))
     _check_eviction(settings)
     _check_traces(settings)
     _logging(settings)
@@ -291,6 +316,23 @@ def worker(
         # one line per event (hookline's own), not RQ's several lines per job
         logging.getLogger("rq").setLevel(logging.WARNING)
     run(settings, queues, burst=burst, rq_log_level="WARNING" if log_level == "dev" else "INFO")
+
+
+def _served_shards(text: str | None, layout: Any) -> list[Any]:
+    """``--shards``: numbers of the deployment's shards, each once (default: all)."""
+    if text is None:
+        return list(layout.shards)
+    try:
+        wanted = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        wanted = []
+    if not wanted or any(not 0 <= n < len(layout.shards) for n in wanted):
+        raise click.BadParameter(
+            f"shard numbers 0 to {len(layout.shards) - 1}, separated by commas"
+            f" (redis_shards is {len(layout.shards)})",
+            param_hint="--shards",
+        )
+    return [layout.shards[n] for n in wanted]
 
 
 def _redis_ready(settings: Settings) -> Callable[[], bool]:

@@ -14,16 +14,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ResponseError
-from rq import Queue, Worker
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine
 
-from shared import activity, eventlog, redisconn, traffic
+from shared import activity, eventlog, redisconn, rqcompat, shards, traffic
 from shared.config import Settings
 from shared.db import make_engine
 from shared.enqueue import JobSpec
 from shared.eventlog import EventDetail, Filter, Page
-from shared.rqcompat import JobSerializer
 from workers import deadletters
 
 #: the charts' spans: bucket width (seconds) and number of buckets
@@ -36,11 +34,12 @@ ACTIVITY_SPANS = {
 TRAFFIC_KINDS = ("accepted", "duplicate", "rejected")
 
 
-def connect_redis(settings: Settings) -> Redis:
-    """The deployment's Redis (through Sentinel when ``redis_url`` says so), checked first so
-    a Sentinel service no sentinel knows is one clear line."""
+def connect_redis(settings: Settings) -> shards.ShardClients[Redis]:
+    """The deployment's Redis, a client per shard (through Sentinel, or to each shard's
+    primary on a cluster, when ``redis_url`` says so), checked first so a Sentinel service no
+    sentinel knows, or a cluster not serving every slot, is one clear line."""
     redisconn.check_at_start(settings.redis_url)
-    return redisconn.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    return shards.connect(settings, socket_timeout=5, socket_connect_timeout=3)
 
 
 #: the figures of ``hookline status`` and the console's overview, in order: key, label, and
@@ -70,9 +69,14 @@ class Operations:
     def __init__(
         self, settings: Settings, *, engine: Engine | None = None, redis: Redis | None = None
     ) -> None:
+        """``redis``: one client for every shard (tests), else opened from the settings."""
         self.settings = settings
         self._engine = engine
-        self._redis = redis
+        self._shards: shards.ShardClients[Redis] | None = None
+        self._own_redis = redis is None
+        if redis is not None:
+            layout = shards.layout_for(settings)
+            self._shards = shards.ShardClients(layout, tuple(redis for _ in layout.shards))
 
     # the command line opens what a command needs, and only that
     @property
@@ -82,20 +86,26 @@ class Operations:
         return self._engine
 
     @property
-    def redis(self) -> Redis:
-        if self._redis is None:
-            self._redis = connect_redis(self.settings)
-        return self._redis
+    def shards(self) -> shards.ShardClients[Redis]:
+        """Every shard's client."""
+        if self._shards is None:
+            self._shards = connect_redis(self.settings)
+        return self._shards
 
     @property
-    def queue(self) -> Queue:
-        return Queue(self.settings.queue, connection=self.redis, serializer=JobSerializer)
+    def redis(self) -> Redis:
+        """The home shard's client: the deployment's statistics and rejections."""
+        return self.shards.home
+
+    @property
+    def home(self) -> Any:
+        return self.shards.layout.home
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
-        if self._redis is not None:
-            self._redis.close()
+        if self._shards is not None and self._own_redis:
+            shards.close(self._shards)
 
     def __enter__(self) -> Operations:
         return self
@@ -106,22 +116,57 @@ class Operations:
     # -- status ----------------------------------------------------------------------------
 
     def status(self, *, details: bool = False) -> dict[str, Any]:
-        """The queue's counts, dead letters, workers; with ``details``, what each worker holds
-        and the last hour's traffic by source."""
-        queue, redis = self.queue, self.redis
-        workers = Worker.all(queue=queue, serializer=JobSerializer)
-        # raw counts: RQ's registry.count would run a cleanup as a side effect
+        """The queue's counts (every shard's added up), dead letters, workers; each shard's
+        own when there are several (``shards``, a shard whose Redis does not answer marked
+        so, its figures left out of the sums); with ``details``, what each worker holds and
+        the last hour's traffic by source."""
+        queue = self.settings.queue
+        totals = dict.fromkeys(("queued", "running", "waiting_to_retry", "failed_jobs"), 0)
+        workers: list[rqcompat.WorkerReading] = []
+        per_shard: list[dict[str, Any]] = []
+        down: list[str] = []
+        for shard, client in self.shards:
+            try:
+                counts = rqcompat.read_counts(client, queue, shard)
+                found = rqcompat.read_workers(client, queue, shard)
+                memory = redis_memory(client)
+            except RedisError as err:
+                if len(self.shards.layout.shards) == 1:
+                    raise
+                down.append(f"shard {shard.index}: {err}")
+                per_shard.append({"shard": shard.index, "reachable": False})
+                continue
+            for name in totals:
+                totals[name] += getattr(counts, name)
+            workers += found
+            per_shard.append(
+                {
+                    "shard": shard.index,
+                    "reachable": True,
+                    **vars(counts),
+                    "workers_alive": len(found),
+                    **memory,
+                }
+            )
+        if len(down) == len(per_shard):
+            raise redisconn.RedisUnreachable("; ".join(down))
         out: dict[str, Any] = {
-            "queue": self.settings.queue,
-            "queued": redis.llen(queue.key),
-            "running": redis.zcard(queue.started_job_registry.key),
-            "waiting_to_retry": redis.zcard(queue.scheduled_job_registry.key),
-            "failed_jobs": redis.zcard(queue.failed_job_registry.key),
+            "queue": queue,
+            **totals,
             "dead_letters": deadletters.count(self.engine),
             "workers_alive": len(workers),
-            "workers": [{"name": w.name, "state": w.get_state()} for w in workers],
-            **redis_memory(redis),
+            "workers": [{"name": w.name, "state": w.state} for w in workers],
+            **{
+                k: per_shard[0].get(k)
+                for k in ("redis_memory_used_bytes", "redis_memory_max_bytes")
+            },
         }
+        if len(per_shard) > 1:
+            out["shards"] = per_shard
+            out["redis_memory_used_bytes"] = max(
+                (p["redis_memory_used_bytes"] or 0 for p in per_shard if p["reachable"]),
+                default=None,
+            )
         if details:
             out["workers"] = [_worker(w) for w in workers]
             out["last_hour"] = self.last_hour()
@@ -130,7 +175,7 @@ class Operations:
     def last_hour(self) -> dict[str, dict[str, Any]]:
         """Per source: accepted, duplicates, and rejected by reason, over the last hour."""
         out: dict[str, dict[str, Any]] = {}
-        for source, kinds in sorted(traffic.last_hour(self.redis).items()):
+        for source, kinds in sorted(traffic.last_hour(self.redis, home=self.home).items()):
             rejected = {k.split(":", 1)[1]: n for k, n in kinds.items() if ":" in k}
             out[source] = {
                 "accepted": kinds.get("accepted", 0),
@@ -144,7 +189,7 @@ class Operations:
         ingress's accepted, duplicates and rejected by source, and the queue's sampled depth
         (Redis), events applied and dead-lettered and their lag (the tables)."""
         width, count = ACTIVITY_SPANS[span]
-        seen = traffic.buckets(self.redis, width, count)
+        seen = traffic.buckets(self.redis, width, count, home=self.home)
         done = activity.activity(self.engine, seen.starts, width)
         return {
             "span": span,
@@ -181,7 +226,7 @@ class Operations:
     ) -> Iterator[tuple[str, str]]:
         """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return eventlog.replay_ignored(self.engine, self.redis, spec, keys, by=by)
+        return eventlog.replay_ignored(self.engine, self.shards, spec, keys, by=by)
 
     def prune(self, older_than_days: float) -> int:
         return eventlog.prune(self.engine, older_than_days)
@@ -209,7 +254,7 @@ class Operations:
     ) -> Iterator[int]:
         """``by``: who asks (cli, console, api), for the events' timelines."""
         spec = JobSpec.from_settings(self.settings)
-        return deadletters.replay(self.engine, self.redis, spec, ids, on_each, by=by)
+        return deadletters.replay(self.engine, self.shards, spec, ids, on_each, by=by)
 
     def replay_outcomes(self, queued: Mapping[int, dt.datetime]) -> dict[int, str]:
         return deadletters.replay_outcomes(self.engine, queued)
@@ -223,7 +268,7 @@ class Operations:
         """The newest rejections of ``source``, or of every configured source and the
         unknown ones."""
         sources = [source] if source else [*sorted(self.settings.sources), traffic.UNKNOWN]
-        return traffic.recent_rejections(self.redis, sources, limit=limit)
+        return traffic.recent_rejections(self.redis, sources, limit=limit, home=self.home)
 
 
 def redis_memory(redis: Redis) -> dict[str, int | None]:
@@ -239,28 +284,19 @@ def redis_memory(redis: Redis) -> dict[str, int | None]:
     }
 
 
-def _worker(worker: Any) -> dict[str, Any]:
-    executions = worker.get_current_executions()
+def _worker(worker: rqcompat.WorkerReading) -> dict[str, Any]:
     return {
         "name": worker.name,
-        "state": worker.get_state(),
+        "state": worker.state,
         "hostname": worker.hostname,
         "pid": worker.pid,
         "last_heartbeat": worker.last_heartbeat,
-        "successful_jobs": worker.successful_job_count,
-        "failed_jobs": worker.failed_job_count,
+        "successful_jobs": worker.successful_jobs,
+        "failed_jobs": worker.failed_jobs,
         "holds": [
-            {"job_id": e.job_id, "event": _description(e), "since": e.created_at}
-            for e in executions
+            {"job_id": h.job_id, "event": h.description, "since": h.since} for h in worker.holds
         ],
     }
-
-
-def _description(execution: Any) -> str | None:
-    try:
-        return str(execution.job.description)
-    except Exception:  # the job expired meanwhile
-        return None
 
 
 def body_for_humans(body: bytes | None) -> dict[str, Any]:

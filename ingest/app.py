@@ -42,7 +42,7 @@ from ingest.metrics import (
     Periodic,
     RedisReading,
 )
-from shared import keys, logs, redisconn, rqcompat, telemetry, traffic
+from shared import keys, logs, redisconn, rqcompat, shards, telemetry, traffic
 from shared.config import Settings, SourceSettings
 from shared.enqueue import JobSpec, claim_script, parse_reply
 from shared.envelope import Envelope, redact_headers
@@ -59,18 +59,24 @@ from shared.traffic import UNKNOWN, Rejection, Traffic, header_names
 log = logging.getLogger("hookline.ingest")
 
 SETTINGS = web.AppKey("settings", Settings)
+#: the home shard's client (the deployment's statistics and rejections; the only one when the
+#: deployment is not sharded)
 REDIS = web.AppKey("redis", aioredis.Redis)
+#: every shard's client (:mod:`shared.shards`)
+SHARDS: web.AppKey[shards.ShardClients[aioredis.Redis]] = web.AppKey("shards")
 METRICS = web.AppKey("metrics", IngestMetrics)
 #: the gauges read from Redis and the database (also in METRICS's registry)
 GAUGES = web.AppKey("gauges", OpsGauges)
 JOB_SPEC = web.AppKey("job_spec", JobSpec)
-CLAIMS = web.AppKey("claims", Claims)
+#: the claims' pipelines, one per shard (shards on one Redis share one)
+CLAIMS: web.AppKey[list[Claims]] = web.AppKey("claims")
 TRAFFIC = web.AppKey("traffic", Traffic)
 #: this process's traces, ``None`` when ``[telemetry] traces`` is off
 TRACING: web.AppKey[telemetry.Tracing | None] = web.AppKey("tracing")
 #: the requests whose body is being read (a stopping process answers them at once)
 READING = web.AppKey("reading", Reading)
-MEMORY = web.AppKey("memory", MemoryGuard)
+#: what each shard's Redis holds, one per shard (shards on one Redis share one)
+MEMORY: web.AppKey[list[MemoryGuard]] = web.AppKey("memory")
 #: a request's body size once read, for its rejection record
 BODY_SIZE = web.RequestKey("body_size", int)
 
@@ -88,8 +94,9 @@ DEPTH_SAMPLE_SECONDS = 10.0
 
 
 def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.Application:
-    """Build the ingress. ``redis`` may be passed in (tests); otherwise it is opened from
-    ``settings.redis_url`` and closed with the app."""
+    """Build the ingress. ``redis`` may be passed in (tests: it then serves every shard);
+    otherwise a client per shard is opened from ``settings.redis_url`` and closed with the
+    app."""
     tracing = telemetry.setup(settings, "hookline-ingress")
     app = web.Application(
         # a safety net only: the handler reads the body itself, bounded by max_body_bytes
@@ -103,7 +110,6 @@ def create_app(settings: Settings, redis: aioredis.Redis | None = None) -> web.A
     app[JOB_SPEC] = JobSpec.from_settings(settings)
     app[TRAFFIC] = Traffic()
     app[READING] = Reading()
-    app[MEMORY] = MemoryGuard(settings.ingest.shed_at_memory_percent)
     app.on_shutdown.append(_stop_reading)
     app.cleanup_ctx.append(_redis_ctx(settings, redis))
     app.cleanup_ctx.append(_traffic_ctx)
@@ -120,25 +126,40 @@ def _redis_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = settings.ingest.redis_timeout_seconds
-        client = given or redisconn.connect_async(
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            client_name="hookline-ingress",
-            # after a Redis restart each pooled connection fails once ("closed by server"):
-            # try once more on a fresh one rather than answer 503 while Redis is up. Sending
-            # the claim script twice is safe: a second run answers "duplicate".
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
-        app[REDIS] = client
-        app[CLAIMS] = Claims(client, claim_script(app[JOB_SPEC]).text, settings.ingest)
+        if given is not None:
+            layout = shards.layout_for(settings)
+            clients = shards.ShardClients(layout, tuple(given for _ in layout.shards))
+        else:
+            clients = shards.connect_async(
+                settings,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                health_check_interval=30,
+                client_name="hookline-ingress",
+                # after a Redis restart each pooled connection fails once ("closed by
+                # server"): try once more on a fresh one rather than answer 503 while Redis is
+                # up (on a cluster, once more where the slot's primary is now). Sending the
+                # claim script twice is safe: a second run answers "duplicate".
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
+            )
+        app[SHARDS] = clients
+        app[REDIS] = clients.home
+        script = claim_script(app[JOB_SPEC]).text
+        claims: list[Claims] = [None] * len(clients.clients)  # type: ignore[list-item]
+        memory: list[MemoryGuard] = [None] * len(clients.clients)  # type: ignore[list-item]
+        for served, client in clients.distinct():
+            one = Claims(client, script, settings.ingest)
+            guard = MemoryGuard(settings.ingest.shed_at_memory_percent)
+            for shard in served:
+                claims[shard.index], memory[shard.index] = one, guard
+        app[CLAIMS], app[MEMORY] = claims, memory
         if settings.ingest.ack_fsync:
-            await _check_waitaof(client)
+            for _, client in clients.distinct():
+                await _check_waitaof(client)
         yield
         if given is None:
-            await client.aclose()
+            await shards.aclose(clients)
 
     return ctx
 
@@ -147,12 +168,25 @@ async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     counter = DeadLetterCounter(settings.database_url)
 
-    async def read_redis() -> RedisReading:
-        client = app[REDIS]
+    async def read_shard(shard: keys.Shard, client: aioredis.Redis) -> RedisReading:
+        queues = await rqcompat.read_queues(client, settings.queue, shard)
+        memory = await client.info("memory")
+        return RedisReading(
+            queues, int(memory["used_memory"]), int(memory.get("maxmemory", 0)), shard.index
+        )
+
+    async def read_redis() -> list[RedisReading]:
+        """Every shard's reading; a shard that cannot be read is left out (its series go
+        missing, as a down target's do), the others are shown."""
         async with asyncio.timeout(settings.ingest.redis_timeout_seconds * 2):
-            queues = await rqcompat.read_queues(client, settings.queue)
-            memory = await client.info("memory")
-        return RedisReading(queues, int(memory["used_memory"]), int(memory.get("maxmemory", 0)))
+            found = await asyncio.gather(
+                *(read_shard(shard, client) for shard, client in app[SHARDS]),
+                return_exceptions=True,
+            )
+        readings = [r for r in found if isinstance(r, RedisReading)]
+        if not readings:
+            raise next(e for e in found if isinstance(e, BaseException))
+        return readings
 
     gauges = OpsGauges(
         Periodic("the queues from Redis", read_redis, READ_EVERY_SECONDS),
@@ -206,24 +240,28 @@ async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _flush(app: web.Application) -> None:
     try:
         async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
-            await app[TRAFFIC].flush(app[REDIS])
+            await app[TRAFFIC].flush(app[REDIS], app[SHARDS].layout.home)
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("traffic not written yet: %s", type(err).__name__)
 
 
 async def _read_memory(app: web.Application) -> None:
-    try:
-        async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
-            await app[MEMORY].refresh(app[REDIS])
-    except (RedisError, OSError, TimeoutError) as err:
-        log.debug("Redis memory not read: %s", type(err).__name__)
+    for served, client in app[SHARDS].distinct():
+        try:
+            async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
+                await app[MEMORY][served[0].index].refresh(client)
+        except (RedisError, OSError, TimeoutError) as err:
+            log.debug("Redis memory not read: %s", type(err).__name__)
 
 
 async def _sample_depth(app: web.Application) -> None:
-    """The queue's depth, for the console's charts."""
+    """The queue's depth (every shard's), for the console's charts."""
     try:
         async with asyncio.timeout(app[SETTINGS].ingest.redis_timeout_seconds * 2):
-            await traffic.sample_depth(app[REDIS], keys.queue_key(app[JOB_SPEC].queue))
+            depth = 0
+            for shard, client in app[SHARDS]:
+                depth += int(await client.llen(shard.queue_key(app[JOB_SPEC].queue)))
+            await traffic.sample_depth(app[REDIS], depth, home=app[SHARDS].layout.home)
     except (RedisError, OSError, TimeoutError) as err:
         log.debug("queue depth not sampled: %s", type(err).__name__)
 
@@ -380,19 +418,21 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
     app = request.app
     metrics = app[METRICS]
     ingest = app[SETTINGS].ingest
-    if app[MEMORY].shedding:
+    shard = app[SHARDS].layout.route(envelope.source, envelope.event_id)
+    memory = app[MEMORY][shard.index]
+    if memory.shedding:
         # Redis is (nearly) full: room is kept for the workers to drain it
         return _unavailable(request, envelope.source, "redis_memory_high")
     replicated = bool(ingest.ack_replicas or ingest.ack_fsync)
-    keys_, args = claim_script(app[JOB_SPEC]).call(envelope, replicated=replicated)
+    keys_, args = claim_script(app[JOB_SPEC]).call(envelope, replicated=replicated, shard=shard)
     started = time.perf_counter()
     try:
-        claimed = await app[CLAIMS].claim(keys_, args)
+        claimed = await app[CLAIMS][shard.index].claim(keys_, args)
     except (RedisError, OSError, TimeoutError) as err:
         if redisconn.refused_for_memory(err):
             # Redis refused the event's writes (the script undid what it wrote): nothing queued
             log.warning("redis is full (maxmemory) for %s: 503", envelope.source)
-            app[MEMORY].full()
+            memory.full()
             return _unavailable(request, envelope.source, "redis_full")
         # nothing is acknowledged that is not queued: the provider will retry
         log.warning(
@@ -421,7 +461,7 @@ async def _claim_and_enqueue(request: web.Request, envelope: Envelope) -> web.Re
         return _json({"status": "duplicate", "event_id": envelope.event_id}, status=200)
     metrics.source(envelope.source).accepted.inc()
     app[TRAFFIC].count(envelope.source, "accepted")
-    app[MEMORY].queued(len(envelope.body))
+    memory.queued(len(envelope.body))
     return _json({"status": "accepted", "event_id": envelope.event_id}, status=202)
 
 
@@ -450,11 +490,27 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        async with asyncio.timeout(request.app[SETTINGS].ingest.redis_timeout_seconds):
-            await request.app[REDIS].ping()
-    except (RedisError, OSError, TimeoutError):
+    """Ready while Redis answers; sharded, while one shard's Redis answers (a shard whose
+    primary is down answers its own events 503, the others are still taken), the shards
+    that do not answer named."""
+
+    async def ping(client: aioredis.Redis) -> bool:
+        try:
+            async with asyncio.timeout(request.app[SETTINGS].ingest.redis_timeout_seconds):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return True
+
+    distinct = request.app[SHARDS].distinct()
+    answers = await asyncio.gather(*(ping(client) for _, client in distinct))
+    down = sorted(
+        s.index for (served, _), ok in zip(distinct, answers, strict=True) if not ok for s in served
+    )
+    if not any(answers):
         return _json({"status": "unavailable", "redis": False}, status=503)
+    if down:
+        return _json({"status": "ready", "redis": True, "shards_down": down})
     return _json({"status": "ready", "redis": True})
 
 

@@ -176,10 +176,13 @@ def _one_line(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class RedisReading:
+    """One shard's queues and its Redis's memory."""
+
     queues: list[QueueReading]
     memory_used_bytes: int
     #: Redis's ``maxmemory``: 0 means no limit
     memory_max_bytes: int
+    shard: int = 0
 
 
 class DeadLetterCounter:
@@ -224,7 +227,7 @@ class OpsGauges(Collector):
 
     def __init__(
         self,
-        redis: Periodic[RedisReading],
+        redis: Periodic[list[RedisReading]],
         dead_letters: Periodic[int],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -239,19 +242,24 @@ class OpsGauges(Collector):
         await asyncio.gather(self.redis.close(), self.dead_letters.close())
 
     def collect(self) -> Iterator[Metric]:
-        reading = self.redis.current()
-        if reading is not None:
-            yield from self._queues(reading.queues)
-            yield GaugeMetricFamily(
+        readings = self.redis.current()
+        if readings is not None:
+            yield from self._queues(readings)
+            used = GaugeMetricFamily(
                 "hookline_redis_memory_used_bytes",
-                "Memory Redis uses (INFO memory: used_memory)",
-                value=reading.memory_used_bytes,
+                "Memory the shard's Redis uses (INFO memory: used_memory)",
+                labels=["shard"],
             )
-            yield GaugeMetricFamily(
+            most = GaugeMetricFamily(
                 "hookline_redis_memory_max_bytes",
-                "Redis's maxmemory (INFO memory); 0 means no limit",
-                value=reading.memory_max_bytes,
+                "The shard's Redis's maxmemory (INFO memory); 0 means no limit",
+                labels=["shard"],
             )
+            for reading in readings:
+                used.add_metric([str(reading.shard)], reading.memory_used_bytes)
+                most.add_metric([str(reading.shard)], reading.memory_max_bytes)
+            yield used
+            yield most
         dead = self.dead_letters.current()
         if dead is not None:
             yield GaugeMetricFamily(
@@ -260,32 +268,35 @@ class OpsGauges(Collector):
                 value=dead,
             )
 
-    def _queues(self, queues: list[QueueReading]) -> Iterator[Metric]:
+    def _queues(self, readings: list[RedisReading]) -> Iterator[Metric]:
         now = self._clock()
+        labels = ["queue", "shard"]
         families = {
             "depth": GaugeMetricFamily(
-                "hookline_queue_depth", "Events queued, waiting for a worker", labels=["queue"]
+                "hookline_queue_depth", "Events queued, waiting for a worker", labels=labels
             ),
             "age": GaugeMetricFamily(
                 "hookline_queue_oldest_age_seconds",
                 "Age of the oldest queued event (since it was last queued); 0 when empty",
-                labels=["queue"],
+                labels=labels,
             ),
             "retries": GaugeMetricFamily(
                 "hookline_retries_scheduled",
                 "Events waiting for the time of their next attempt",
-                labels=["queue"],
+                labels=labels,
             ),
             "workers": GaugeMetricFamily(
                 "hookline_workers_alive",
                 "Workers listening on the queue (heartbeating)",
-                labels=["queue"],
+                labels=labels,
             ),
         }
-        for q in queues:
-            age = 0.0 if q.oldest_enqueued_at is None else max(0.0, now - q.oldest_enqueued_at)
-            families["depth"].add_metric([q.queue], q.depth)
-            families["age"].add_metric([q.queue], age)
-            families["retries"].add_metric([q.queue], q.retries_scheduled)
-            families["workers"].add_metric([q.queue], q.workers_alive)
+        for reading in readings:
+            shard = str(reading.shard)
+            for q in reading.queues:
+                age = 0.0 if q.oldest_enqueued_at is None else max(0.0, now - q.oldest_enqueued_at)
+                families["depth"].add_metric([q.queue, shard], q.depth)
+                families["age"].add_metric([q.queue, shard], age)
+                families["retries"].add_metric([q.queue, shard], q.retries_scheduled)
+                families["workers"].add_metric([q.queue, shard], q.workers_alive)
         yield from families.values()

@@ -32,8 +32,12 @@ DEFAULT_CONFIG_FILE = "hookline.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///hookline.db"
 
+#: as ``shared.keys.MAX_SHARDS`` (not imported: the keys import RQ, the configuration does not)
+MAX_SHARDS = 256
+
 _TOP_KEYS = {
     "redis_url",
+    "redis_shards",
     "database_url",
     "queue",
     "ingest",
@@ -153,6 +157,8 @@ class Settings:
     """The whole configuration, validated."""
 
     redis_url: str = DEFAULT_REDIS_URL
+    #: the keys' shards (``shared.keys.Layout``): each one hash slot of a Redis Cluster
+    redis_shards: int = 1
     database_url: str = DEFAULT_DATABASE_URL
     queue: str = "hookline"
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -220,8 +226,12 @@ def settings_from_mapping(
     )
     sources_raw = _get(data, "sources", dict, {})
     sources = {name: _source(name, body) for name, body in sources_raw.items()}
+    redis_shards = _get(data, "redis_shards", int, 1)
+    if not 1 <= redis_shards <= MAX_SHARDS:
+        raise ConfigError(f"redis_shards must be 1 to {MAX_SHARDS}")
     return Settings(
         redis_url=redis_url,
+        redis_shards=redis_shards,
         database_url=database_url,
         queue=_get(data, "queue", str, "hookline"),
         ingest=_checked_ingest(_ingest(_get(data, "ingest", dict, {}))),

@@ -218,20 +218,22 @@ class ClaimScript:
         replicated: bool = False,
         job_id: str | None = None,
         now: float | None = None,
+        shard: keys.Shard = keys.UNSHARDED,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV for one event; ``replicated`` when the answer waits for replicas (a
-        duplicate then writes the barrier, so waiting for it waits for the claim)."""
+        """KEYS and ARGV for one event in ``shard`` (the one its (source, event id) routes
+        to); ``replicated`` when the answer waits for replicas (a duplicate then writes the
+        barrier, so waiting for it waits for the claim)."""
         job_id = job_id or os.urandom(16).hex()  # as unique as uuid4's, a quarter the cost
         at = time.time() if now is None else now
         claim = self.spec.claim_keys(envelope.source, envelope.event_id, at)
         keys_ = [
-            *claim.keys,
-            keys.job_key(job_id),
-            keys.queue_key(self.spec.queue),
-            keys.QUEUES_SET,
+            *(shard.own_key(k) for k in claim.keys),
+            shard.job_key(job_id),
+            shard.queue_key(self.spec.queue),
+            shard.queues_set,
         ]
         if replicated:
-            keys_.append(keys.ACK_BARRIER)
+            keys_.append(shard.ack_barrier)
         args: list[Any] = [
             claim.member,
             claim.expire_at,
@@ -265,11 +267,12 @@ def claim(
     *,
     job_id: str | None = None,
     now: float | None = None,
+    shard: keys.Shard = keys.UNSHARDED,
 ) -> EnqueueResult:
     """Claim and enqueue one event with a synchronous client: what the ingress does, for the
     tools and the tests (``now``: the time the claim is made at, else the clock's)."""
     script = claim_script(spec)
-    keys_, args = script.call(envelope, job_id=job_id, now=now)
+    keys_, args = script.call(envelope, job_id=job_id, now=now, shard=shard)
     return parse_reply(client.eval(script.text, len(keys_), *keys_, *args))
 
 
@@ -289,12 +292,18 @@ def parse_reply(reply: Any) -> EnqueueResult:
 
 
 def claims_held(
-    client: Redis, spec: JobSpec, events: Sequence[tuple[str, str]], now: float | None = None
+    client: Redis,
+    spec: JobSpec,
+    events: Sequence[tuple[str, str]],
+    now: float | None = None,
+    shard: keys.Shard = keys.UNSHARDED,
 ) -> list[bool]:
-    """For each (source, event id), whether it is claimed: a delivery now would be answered
-    "duplicate" (one round trip; for the tools, the tests and the fault runs)."""
+    """For each (source, event id), whether it is claimed in ``shard``: a delivery now would
+    be answered "duplicate" (one round trip; for the tools, the tests and the fault runs)."""
     at = time.time() if now is None else now
-    claims = [spec.claim_keys(source, event_id, at) for source, event_id in events]
+    claims = [
+        shard.claim_keys(spec.claim_keys(source, event_id, at)) for source, event_id in events
+    ]
     with client.pipeline(transaction=False) as pipe:
         for claimed in claims:
             for key in claimed.keys:
@@ -304,7 +313,12 @@ def claims_held(
 
 
 def is_claimed(
-    client: Redis, spec: JobSpec, source: str, event_id: str, now: float | None = None
+    client: Redis,
+    spec: JobSpec,
+    source: str,
+    event_id: str,
+    now: float | None = None,
+    shard: keys.Shard = keys.UNSHARDED,
 ) -> bool:
     """Whether (source, event id) is claimed (see :func:`claims_held`)."""
-    return claims_held(client, spec, [(source, event_id)], now)[0]
+    return claims_held(client, spec, [(source, event_id)], now, shard)[0]

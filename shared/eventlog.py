@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis import Redis
-from rq import Queue
 from sqlalchemy import Connection, Engine, Select, and_, delete, desc, insert, select
 
+from shared import rqcompat
 from shared.db import as_utc, dead_letters, event_bodies, event_steps, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
-from shared.rqcompat import JobSerializer
+from shared.shards import ShardClients, clients_of
 
 STATUSES = ("processed", "ignored", "dead")
 #: who may ask for a replay, as the timeline names them
@@ -366,7 +366,7 @@ def ignored_to_replay(
 
 def replay_ignored(
     engine: Engine,
-    redis: Redis,
+    redis: Redis | ShardClients[Redis],
     spec: JobSpec,
     keys: Sequence[tuple[str, str]],
     on_each: Callable[[tuple[str, str], str], None] | None = None,
@@ -377,7 +377,7 @@ def replay_ignored(
     each once queued. A worker applies it once and moves its row from ``ignored`` to
     ``processed`` (or leaves it ``ignored`` if there is still no handler); an event already
     moved is a duplicate, so replaying twice changes nothing more."""
-    queue = Queue(spec.queue, connection=redis, serializer=JobSerializer)
+    clients = clients_of(redis)
     for source, event_id in keys:
         with engine.connect() as conn:
             found = conn.execute(
@@ -401,9 +401,10 @@ def replay_ignored(
             replay="ignored",
         )
         job = build_job(envelope, spec)
-        job.connection = redis
+        shard, client = clients.route(source, event_id)
+        job.connection = client
         asked = utcnow()  # before the worker can take it: the timeline's order
-        queue.enqueue_job(job)
+        rqcompat.enqueue(client, job, shard)
         with engine.begin() as conn:
             add_steps(conn, [step(source, event_id, asked, "replay", by=by)])
         if on_each:

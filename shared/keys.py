@@ -10,15 +10,31 @@ variable too: two deployments sharing one Redis with two RQ prefixes share nothi
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from functools import cached_property
 
+from redis.crc import key_slot
 from rq import worker_registration
 from rq.defaults import RQ_KEY_PREFIX
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
-from rq.registry import ScheduledJobRegistry
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.worker import Worker
 
+#: RQ's key prefix in this process (RQ's ``RQ_KEY_PREFIX``: a shard's worker runs with its shard's)
+PROCESS_RQ_PREFIX: str = RQ_KEY_PREFIX
+#: a worker process started for one shard has RQ_KEY_PREFIX set to the shard's prefix and this
+#: variable set to the shard's number
+SHARD_ENV = "HOOKLINE_SHARD"
+#: a shard's worker process also has the deployment's own RQ_KEY_PREFIX, before the shard's tag
+BASE_PREFIX_ENV = "HOOKLINE_BASE_KEY_PREFIX"
+#: the deployment's RQ_KEY_PREFIX, the shards' prefixes are made from
+BASE_RQ_PREFIX: str = (
+    os.environ.get(BASE_PREFIX_ENV, RQ_KEY_PREFIX) if os.environ.get(SHARD_ENV) else RQ_KEY_PREFIX
+)
 #: hookline's own keys: ``hookline:`` beside RQ's default ``rq:``, else ``<prefix>:hookline:``
 PREFIX = "hookline:" if RQ_KEY_PREFIX == "rq" else f"{RQ_KEY_PREFIX}:hookline:"
 
@@ -97,16 +113,22 @@ def claim_generation_seconds(dedup_ttl_seconds: int) -> int:
     return max(1, -(-dedup_ttl_seconds // CLAIM_GENERATIONS))
 
 
-def claim_member(source: str, event_id: str) -> tuple[int, int]:
-    """The claim's member (a signed 64-bit integer) and its bucket seed, from a 128-bit hash
-    of (source, event id): 84 of its bits tell claims apart, so two events are mistaken for
-    one with a chance of ~1e-16 per event even with a billion claims held."""
-    digest = hashlib.blake2b(
+def event_hash(source: str, event_id: str) -> bytes:
+    """A 128-bit hash of (source, event id): the claim's member (bytes 0-7), its bucket (8-11)
+    and its shard (12-15) come from it, each from bits of their own."""
+    return hashlib.blake2b(
         source.encode("utf-8", "surrogatepass")
         + b"\x00"
         + event_id.encode("utf-8", "surrogatepass"),
         digest_size=16,
     ).digest()
+
+
+def claim_member(source: str, event_id: str) -> tuple[int, int]:
+    """The claim's member (a signed 64-bit integer) and its bucket seed, from a 128-bit hash
+    of (source, event id): 84 of its bits tell claims apart, so two events are mistaken for
+    one with a chance of ~1e-16 per event even with a billion claims held."""
+    digest = event_hash(source, event_id)
     return int.from_bytes(digest[:8], "big", signed=True), int.from_bytes(digest[8:12], "big")
 
 
@@ -150,6 +172,31 @@ def scheduled_key(queue: str) -> str:
     return str(ScheduledJobRegistry.key_template.format(queue))
 
 
+def started_key(queue: str) -> str:
+    """RQ's sorted set of the executions of ``queue``'s jobs running now."""
+    return str(StartedJobRegistry.key_template.format(queue))
+
+
+def failed_key(queue: str) -> str:
+    """RQ's sorted set of ``queue``'s failed jobs."""
+    return str(FailedJobRegistry.key_template.format(queue))
+
+
+def worker_key(name: str) -> str:
+    """RQ's hash of the worker ``name``."""
+    return str(Worker.redis_worker_namespace_prefix) + name
+
+
+def worker_executions_key(name: str) -> str:
+    """RQ's set of what the worker ``name`` runs now (``job id:execution id``)."""
+    return WORKER_EXECUTIONS_KEY_TEMPLATE.format(name)
+
+
+def execution_key(composite: str) -> str:
+    """RQ's hash of one execution (``job id:execution id``)."""
+    return str(Execution.from_composite_key(composite, connection=None).key)  # type: ignore[arg-type]
+
+
 def workers_key(queue: str) -> str:
     """RQ's set of the keys of the workers listening on ``queue`` (a worker's key expires
     when it stops heartbeating; the set keeps it until someone cleans it up)."""
@@ -167,3 +214,162 @@ def janitor_lock(queue: str) -> str:
 
 def rejections_key(source: str) -> str:
     return REJECTIONS + source
+
+
+# -- shards ------------------------------------------------------------------------------------
+#
+# ``redis_shards = N`` splits the keys into N shards. Every key of one shard (RQ's and hookline's)
+# carries the shard's hash tag, so on a Redis Cluster a shard lives in one hash slot, on one
+# primary: the claim-and-enqueue script and RQ's transactions touch one slot and stay atomic.
+# A shard's keys are RQ's own names under the shard's prefix, as RQ names them when
+# ``RQ_KEY_PREFIX`` is that prefix: the processes that run RQ's code for a shard (its workers)
+# run with it, and the others (the ingress, the commands, the console) name a shard's keys by
+# putting the shard's prefix in place of theirs (:meth:`Shard.rq_key`).
+
+#: the hash slots of a Redis Cluster
+SLOTS = 16384
+#: the most shards a deployment may have (each is a set of keys, a worker process, a gauge)
+MAX_SHARDS = 256
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard: its number, the ``RQ_KEY_PREFIX`` its keys are RQ's names under, and the
+    prefix of hookline's own keys in it."""
+
+    index: int
+    rq_prefix: str
+    own_prefix: str
+    #: the hash tag every key of the shard carries ("" when the deployment is not sharded)
+    tag: str = ""
+
+    def rq_key(self, name: str, *, back: bool = False) -> str:
+        """One of RQ's keys (named by RQ's classes in this process, under its RQ_KEY_PREFIX)
+        as it is in this shard; ``back``: the reverse, a key of this shard as this process's
+        RQ names it."""
+        if not self.tag:  # not sharded: the keys are where RQ names them
+            return name
+        old, new = (self.rq_prefix, RQ_KEY_PREFIX) if back else (RQ_KEY_PREFIX, self.rq_prefix)
+        if not name.startswith(old):
+            raise ValueError(f"{name!r} is not one of RQ's keys under {old!r}")
+        return new + name[len(old) :]
+
+    def own_key(self, name: str) -> str:
+        """One of hookline's keys (under this process's :data:`PREFIX`) as it is in this shard."""
+        if not self.tag:
+            return name
+        if not name.startswith(PREFIX):
+            raise ValueError(f"{name!r} is not one of hookline's keys under {PREFIX!r}")
+        return self.own_prefix + name[len(PREFIX) :]
+
+    @property
+    def slot(self) -> int | None:
+        """The cluster hash slot of every key of the shard (``None`` when not sharded)."""
+        return key_slot(("{" + self.tag + "}").encode()) if self.tag else None
+
+    def job_key(self, job_id: str) -> str:
+        return self.rq_key(job_key(job_id))
+
+    def queue_key(self, queue: str) -> str:
+        return self.rq_key(queue_key(queue))
+
+    def scheduled_key(self, queue: str) -> str:
+        return self.rq_key(scheduled_key(queue))
+
+    def workers_key(self, queue: str) -> str:
+        return self.rq_key(workers_key(queue))
+
+    def started_key(self, queue: str) -> str:
+        return self.rq_key(started_key(queue))
+
+    def failed_key(self, queue: str) -> str:
+        return self.rq_key(failed_key(queue))
+
+    @property
+    def queues_set(self) -> str:
+        return self.rq_key(QUEUES_SET)
+
+    @property
+    def ack_barrier(self) -> str:
+        return self.own_key(ACK_BARRIER)
+
+    def claim_keys(self, claim: ClaimKeys) -> ClaimKeys:
+        """The claim's keys in this shard."""
+        return ClaimKeys(tuple(self.own_key(k) for k in claim.keys), claim.member, claim.expire_at)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment a worker process for this shard runs with."""
+        return {
+            "RQ_KEY_PREFIX": self.rq_prefix,
+            SHARD_ENV: str(self.index),
+            BASE_PREFIX_ENV: BASE_RQ_PREFIX,
+        }
+
+
+#: the one shard of a deployment that is not sharded: its keys are where they always were
+UNSHARDED = Shard(0, RQ_KEY_PREFIX, PREFIX)
+
+
+def shard_tag(index: int, count: int) -> str:
+    """Shard ``index`` of ``count``'s hash tag: the first of ``h<index>.<k>`` (k = 0, 1, ...)
+    whose slot lies in the index-th of ``count`` equal ranges of the 16,384 slots. A cluster
+    made by ``redis-cli --cluster create`` gives its P primaries equal ranges, so with
+    ``count`` a multiple of P each primary holds ``count / P`` shards."""
+    low, high = index * SLOTS // count, (index + 1) * SLOTS // count
+    k = 0
+    while True:
+        tag = f"h{index}.{k}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+        k += 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The deployment's shards. With one shard and no cluster, the keys are where they
+    always were (RQ_KEY_PREFIX and :data:`PREFIX`); else every shard's carry its tag."""
+
+    count: int = 1
+    tagged: bool = False
+
+    @cached_property
+    def shards(self) -> tuple[Shard, ...]:
+        if not self.tagged:
+            return (UNSHARDED,)
+        out = []
+        for i in range(self.count):
+            tag = shard_tag(i, self.count)
+            prefix = f"{BASE_RQ_PREFIX}:{{{tag}}}"
+            out.append(Shard(i, prefix, f"{prefix}:hookline:", tag))
+        return tuple(out)
+
+    @classmethod
+    def of(cls, count: int, cluster: bool) -> Layout:
+        if not 1 <= count <= MAX_SHARDS:
+            raise ValueError(f"redis_shards must be 1 to {MAX_SHARDS}")
+        tagged = cluster or count > 1
+        if tagged and ("{" in BASE_RQ_PREFIX or "}" in BASE_RQ_PREFIX):
+            raise ValueError(
+                f"RQ_KEY_PREFIX {BASE_RQ_PREFIX!r} holds a hash tag: with shards or a cluster"
+                " hookline tags each shard's keys itself; leave { } out of it"
+            )
+        return cls(count, tagged)
+
+    @property
+    def home(self) -> Shard:
+        """Where the deployment's own keys live (the ingress's statistics and rejections)."""
+        return self.shards[0]
+
+    def route(self, source: str, event_id: str) -> Shard:
+        """The shard of (source, event id): the same for every delivery of the event, so a
+        redelivery meets its claim."""
+        if self.count == 1:
+            return self.shards[0]
+        seed = int.from_bytes(event_hash(source, event_id)[12:16], "big")
+        return self.shards[seed % self.count]
+
+
+def this_shard() -> int | None:
+    """The shard a worker process was started for (``None``: not one shard's process)."""
+    value = os.environ.get(SHARD_ENV)
+    return int(value) if value else None

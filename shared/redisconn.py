@@ -1,30 +1,57 @@
 """One way for every process to reach Redis, from ``redis_url``.
 
-Either a plain URL (``redis://``, ``rediss://``, ``unix://``, as redis-py reads them), or a
-primary managed by Redis Sentinel::
+Either a plain URL (``redis://``, ``rediss://``, ``unix://``, as redis-py reads them), a
+primary managed by Redis Sentinel, or a Redis Cluster::
 
     redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE_NAME[/DB]
     rediss+sentinel://...        (TLS to the sentinels and to the primary)
+    redis+cluster://[user:password@]host:port[,host:port...]
+    rediss+cluster://...         (TLS to every node)
 
 The user and password are the primary's (and its replicas'). A client built for a Sentinel URL
 asks the sentinels for the current primary on every new connection, so after a failover the
 ingress, the workers and the commands find the new primary by themselves: a connection to the
 old one fails (it died, or it came back as a read-only replica) and the next one goes to the
 primary the sentinels name now.
+
+On a cluster, every key of one shard (:mod:`shared.keys`) is in one hash slot, on one primary,
+so each shard is reached by an ordinary client whose connections go to the primary that
+serves the shard's slot now (:func:`connect` with ``slot``): RQ, the scripts and the
+transactions see a plain Redis, and a shard whose primary is down fails alone. Like the
+Sentinel client, a connection asks where to go when it connects (the cluster's slot map,
+:class:`SlotMap`, read again after a failure), and one that reaches a node that no longer
+serves the slot (it was failed over, or the slot moved: MOVED, ASK, TRYAGAIN, CLUSTERDOWN, a
+demoted primary's UNBLOCKED) is closed and its command fails as a lost connection would,
+so every caller's reconnect-and-retry path takes it to the slot's primary now.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+import redis.asyncio.connection as aioconnection
 from redis import Redis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.cluster import parse_cluster_slots
+from redis.connection import Connection, ConnectionPool, SSLConnection
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
@@ -34,6 +61,11 @@ _SENTINEL = re.compile(
     r"(?P<scheme>rediss?)\+sentinel://"
     r"(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?"
     r"(?P<hosts>[^/@]+)/(?P<service>[^/?#]+)(?:/(?P<db>\d+))?/?"
+)
+_CLUSTER = re.compile(
+    r"(?P<scheme>rediss?)\+cluster://"
+    r"(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?"
+    r"(?P<hosts>[^/@?#]+)/?"
 )
 _HOST = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
 #: how long asking a sentinel may take: failover must not wait on a dead one for long
@@ -60,6 +92,52 @@ class SentinelTarget:
         return f"sentinel service {self.service!r} at {hosts}"
 
 
+@dataclass(frozen=True)
+class ClusterTarget:
+    """A parsed ``redis+cluster://`` URL: the seed nodes, and the nodes' user and password."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+    def describe(self) -> str:
+        return "cluster at " + ",".join(f"{h}:{p}" for h, p in self.nodes)
+
+
+def _hosts(text: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for part in text.split(","):
+        host = _HOST.fullmatch(part.strip())
+        if host is None or not 0 < int(host["port"]) < 65536:
+            raise ConfigError(f"redis_url: {part.strip()!r} is not host:port")
+        out.append((host["host"].strip("[]"), int(host["port"])))
+    return tuple(out)
+
+
+def parse_cluster(url: str) -> ClusterTarget | None:
+    """The cluster URL's parts; ``None`` for another URL; ``ConfigError`` naming what is wrong
+    with a malformed one (never echoing its password)."""
+    if not re.match(r"[a-z]+\+cluster://", url):
+        return None
+    match = _CLUSTER.fullmatch(url)
+    if match is None:
+        raise ConfigError(
+            "redis_url: a cluster URL is redis+cluster://[user:password@]host:port[,host:port...]"
+            " (a cluster has no databases: no /DB)"
+        )
+    return ClusterTarget(
+        nodes=_hosts(match["hosts"]),
+        username=unquote(match["user"]) if match["user"] else None,
+        password=unquote(match["password"]) if match["password"] else None,
+        ssl=match["scheme"] == "rediss",
+    )
+
+
+def is_cluster(url: str) -> bool:
+    return parse_cluster(url) is not None
+
+
 def refused_for_memory(err: BaseException) -> bool:
     """Whether ``err`` is Redis refusing a write at ``maxmemory`` (``noeviction``): redis-py's
     ``OutOfMemoryError`` for a command, and for a script's refused write before Redis 7.2 a
@@ -81,14 +159,8 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
             "redis_url: a Sentinel URL is redis+sentinel://[user:password@]host:port"
             "[,host:port...]/SERVICE_NAME[/DB]"
         )
-    sentinels = []
-    for part in match["hosts"].split(","):
-        host = _HOST.fullmatch(part.strip())
-        if host is None or not 0 < int(host["port"]) < 65536:
-            raise ConfigError(f"redis_url: {part.strip()!r} is not host:port")
-        sentinels.append((host["host"].strip("[]"), int(host["port"])))
     return SentinelTarget(
-        sentinels=tuple(sentinels),
+        sentinels=_hosts(match["hosts"]),
         service=unquote(match["service"]),
         db=int(match["db"] or 0),
         username=unquote(match["user"]) if match["user"] else None,
@@ -99,10 +171,12 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
 
 def validate(url: str) -> None:
     """``ConfigError`` unless ``url`` is a Redis URL hookline can use."""
-    if parse_sentinel(url) is not None:
+    if parse_sentinel(url) is not None or parse_cluster(url) is not None:
         return
     if not re.match(r"(rediss?|unix)://", url):
-        raise ConfigError("redis_url must be redis://, rediss://, unix:// or redis+sentinel://")
+        raise ConfigError(
+            "redis_url must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+        )
 
 
 def describe(url: str) -> str:
@@ -110,6 +184,9 @@ def describe(url: str) -> str:
     target = parse_sentinel(url)
     if target is not None:
         return target.describe()
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        return cluster.describe()
     return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
 
 
@@ -127,8 +204,14 @@ def _sentinel_options(target: SentinelTarget, options: dict[str, Any]) -> dict[s
     return {"sentinel_kwargs": sentinel_kwargs, **primary}
 
 
-def connect(url: str, **options: Any) -> Redis:
-    """A synchronous client (workers, commands, console) for ``url``."""
+def connect(url: str, slot: int | None = None, **options: Any) -> Redis:
+    """A synchronous client (workers, commands, console) for ``url``; on a cluster, for the
+    primary serving ``slot`` (a shard's: :attr:`shared.keys.Shard.slot`; ``None``: slot 0's,
+    for what any primary answers)."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        pool = SlotConnectionPool(slot_map(cluster), slot or 0, **_node_options(cluster, options))
+        return Redis.from_pool(pool)
     target = parse_sentinel(url)
     if target is None:
         return Redis.from_url(url, **options)
@@ -139,8 +222,14 @@ def connect(url: str, **options: Any) -> Redis:
     return client
 
 
-def connect_async(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client (the ingress) for ``url``."""
+def connect_async(url: str, slot: int | None = None, **options: Any) -> aioredis.Redis:
+    """An asyncio client (the ingress) for ``url``; on a cluster, as :func:`connect`."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        pool = AsyncSlotConnectionPool(
+            slot_map(cluster), slot or 0, **_node_options(cluster, options)
+        )
+        return aioredis.Redis.from_pool(pool)
     target = parse_sentinel(url)
     if target is None:
         return aioredis.Redis.from_url(url, **options)
@@ -152,16 +241,21 @@ def connect_async(url: str, **options: Any) -> aioredis.Redis:
 
 
 def check_at_start(url: str) -> None:
-    """What every process does before it starts: with a Sentinel URL, :func:`check` it (a
-    plain Redis that is down is waited for, or answered 503, as before)."""
-    if parse_sentinel(url) is not None:
+    """What every process does before it starts: with a Sentinel or cluster URL, :func:`check`
+    it (a plain Redis that is down is waited for, or answered 503, as before)."""
+    if parse_sentinel(url) is not None or parse_cluster(url) is not None:
         check(url)
 
 
 def check(url: str) -> None:
     """At a command's start: Redis answers. For a Sentinel URL, tells a service no sentinel
     knows (``ConfigError``: a typo) from no sentinel reachable or no primary right now
-    (:class:`RedisUnreachable`), each in one line."""
+    (:class:`RedisUnreachable`), each in one line. For a cluster URL, no node answering and
+    slots no primary serves are each a ``ConfigError``: nothing can run on that."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        slot_map(cluster).check()
+        return
     target = parse_sentinel(url)
     if target is None:
         client = Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
@@ -214,8 +308,21 @@ def check_eviction(url: str) -> str | None:
     ``ConfigError`` naming the setting and the fix; ``volatile-*`` (which may evict claims and
     kept finished jobs, keys with a TTL) and a Redis that refuses ``CONFIG GET`` (managed
     services) are a warning, returned. A Redis that does not answer is left to the command
-    (it waits, or answers 503)."""
-    client = connect(url, socket_timeout=3, socket_connect_timeout=3)
+    (it waits, or answers 503). On a cluster, every primary is asked."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        warnings = []
+        for slot in slot_map(cluster).primary_slots():
+            warning = _check_eviction(
+                connect(url, slot, socket_timeout=3, socket_connect_timeout=3)
+            )
+            if warning and warning not in warnings:
+                warnings.append(warning)
+        return "; ".join(warnings) or None
+    return _check_eviction(connect(url, socket_timeout=3, socket_connect_timeout=3))
+
+
+def _check_eviction(client: Redis) -> str | None:
     try:
         policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
     except ResponseError:
@@ -240,3 +347,253 @@ def check_eviction(url: str) -> str | None:
             " table); noeviction keeps them"
         )
     return None
+
+
+# -- Redis Cluster: one client per shard, to the primary serving its slot ----------------------
+
+#: how long asking a node for the slot map may take: a failover must not wait on a dead one
+SLOT_MAP_TIMEOUT_SECONDS = 0.5
+#: the slot map is read again at most this often, however many connections fail meanwhile
+SLOT_MAP_REFRESH_SECONDS = 0.2
+#: what a node answers for a slot it no longer serves (redis-py's classes for them)
+_MOVED = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+_UNBLOCKED = "UNBLOCKED"
+
+
+class SlotMap:
+    """Which primary serves which hash slot, as the cluster's nodes say (``CLUSTER SLOTS``):
+    read at first use and again, at most every :data:`SLOT_MAP_REFRESH_SECONDS`, after a
+    connection found its node gone or no longer serving its slot. One per cluster and process,
+    shared by every client (:func:`slot_map`); thread-safe."""
+
+    def __init__(self, target: ClusterTarget) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._ranges: list[tuple[int, int, tuple[str, int]]] = []
+        self._known: list[tuple[str, int]] = []
+        self._read_at = 0.0
+        self._stale = True
+
+    def _node(self, host: str, port: int) -> Redis:
+        return Redis(
+            host,
+            port,
+            username=self.target.username,
+            password=self.target.password,
+            ssl=self.target.ssl,
+            socket_timeout=SLOT_MAP_TIMEOUT_SECONDS,
+            socket_connect_timeout=SLOT_MAP_TIMEOUT_SECONDS,
+        )
+
+    def _read(self) -> list[tuple[int, int, tuple[str, int]]] | None:
+        """The slot map from the first node that answers (nodes it named before first)."""
+        for host, port in dict.fromkeys([*self._known, *self.target.nodes]):
+            node = self._node(host, port)
+            try:
+                raw = node.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue
+            except ResponseError as err:
+                raise ConfigError(
+                    f"redis_url: {host}:{port} is not a cluster node ({err}); use redis:// for"
+                    " a single Redis"
+                ) from err
+            finally:
+                node.close()
+            slots = parse_cluster_slots(raw, current_host=host)
+            return sorted(
+                (start, end, (str(info["primary"][0]), int(info["primary"][1])))
+                for (start, end), info in slots.items()
+            )
+        return None
+
+    def refresh(self) -> bool:
+        """Read the map again (at most every SLOT_MAP_REFRESH_SECONDS); whether a node answered."""
+        with self._lock:
+            if not self._stale and self._ranges:
+                return True
+            if time.monotonic() - self._read_at < SLOT_MAP_REFRESH_SECONDS and self._ranges:
+                return True
+            self._read_at = time.monotonic()
+            ranges = self._read()
+            if ranges is None:
+                return False
+            self._ranges = ranges
+            self._known = list(dict.fromkeys(primary for _, _, primary in ranges))
+            self._stale = False
+            return True
+
+    def stale(self) -> None:
+        """A connection found its node gone or serving the slot no more: read the map again."""
+        self._stale = True
+
+    def cached(self, slot: int) -> tuple[str, int] | None:
+        """The primary of ``slot`` as last read, when the map is not stale."""
+        if self._stale:
+            return None
+        return self._owner(slot)
+
+    def _owner(self, slot: int) -> tuple[str, int] | None:
+        for start, end, primary in self._ranges:
+            if start <= slot <= end:
+                return primary
+        return None
+
+    def address(self, slot: int) -> tuple[str, int]:
+        """The primary serving ``slot`` now; ``ConnectionError`` when no node answers or no
+        primary serves it (failed, its replica not yet promoted)."""
+        if self._stale and not self.refresh():
+            raise RedisConnectionError(f"no node of the {self.target.describe()} answers")
+        owner = self._owner(slot)
+        if owner is None:
+            self.stale()
+            raise RedisConnectionError(f"no primary serves hash slot {slot} now")
+        return owner
+
+    def primary_slots(self) -> list[int]:
+        """One slot of each primary (to ask every primary something)."""
+        self.refresh()
+        first: dict[tuple[str, int], int] = {}
+        for start, _end, primary in self._ranges:
+            first.setdefault(primary, start)
+        return sorted(first.values())
+
+    def check(self) -> None:
+        """At a command's start: a node answers and every slot is served, else one line."""
+        self.stale()
+        if not self.refresh():
+            raise ConfigError(f"redis_url: no node of the {self.target.describe()} answers")
+        covered = sum(end - start + 1 for start, end, _ in self._ranges)
+        if covered < 16384:
+            raise ConfigError(
+                f"redis_url: the {self.target.describe()} serves {covered} of the 16384 hash"
+                " slots: assign the others (redis-cli --cluster fix) before starting hookline"
+            )
+
+
+_SLOT_MAPS: dict[ClusterTarget, SlotMap] = {}
+_SLOT_MAPS_LOCK = threading.Lock()
+
+
+def slot_map(target: ClusterTarget) -> SlotMap:
+    """This process's slot map of the cluster ``target`` names."""
+    with _SLOT_MAPS_LOCK:
+        found = _SLOT_MAPS.get(target)
+        if found is None:
+            found = _SLOT_MAPS[target] = SlotMap(target)
+        return found
+
+
+def _node_options(target: ClusterTarget, options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    out.update(username=target.username, password=target.password)
+    if target.ssl:
+        out["ssl"] = True
+    return out
+
+
+def _moved(err: BaseException) -> bool:
+    return isinstance(err, _MOVED) or (
+        isinstance(err, ResponseError) and str(err).startswith(_UNBLOCKED)
+    )
+
+
+class SlotConnection(Connection):
+    """A connection to the primary serving its pool's slot, asked when it connects."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.slot_pool: SlotConnectionPool = kwargs.pop("slot_pool")
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock:
+            return
+        self.host, self.port = self.slot_pool.slots.address(self.slot_pool.slot)
+        try:
+            super().connect_check_health(check_health, retry_socket_connect)
+        except (RedisConnectionError, RedisTimeoutError):
+            self.slot_pool.slots.stale()
+            raise
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as err:
+            if not _moved(err):
+                raise
+            self.disconnect()  # type: ignore[no-untyped-call]
+            self.slot_pool.slots.stale()
+            raise RedisConnectionError(
+                f"hash slot {self.slot_pool.slot} is not served here now: {err}"
+            ) from err
+
+
+class SlotSSLConnection(SlotConnection, SSLConnection):
+    pass
+
+
+class SlotConnectionPool(ConnectionPool):
+    """redis-py's pool, its connections going where :class:`SlotMap` says ``slot`` is."""
+
+    def __init__(self, slots: SlotMap, slot: int, **kwargs: Any) -> None:
+        ssl = kwargs.pop("ssl", False)
+        kwargs.setdefault("connection_class", SlotSSLConnection if ssl else SlotConnection)
+        self.slots, self.slot = slots, slot
+        super().__init__(**kwargs)
+        self.connection_kwargs["slot_pool"] = self
+
+    def __repr__(self) -> str:
+        return f"<SlotConnectionPool slot={self.slot} of {self.slots.target.describe()}>"
+
+
+class AsyncSlotConnection(aioconnection.Connection):
+    """The asyncio twin of :class:`SlotConnection` (the ingress)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.slot_pool: AsyncSlotConnectionPool = kwargs.pop("slot_pool")
+        super().__init__(**kwargs)
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        slots, slot = self.slot_pool.slots, self.slot_pool.slot
+        address = slots.cached(slot)
+        if address is None:  # reading the map talks to nodes: not on the event loop
+            address = await asyncio.to_thread(slots.address, slot)
+        self.host, self.port = address
+        try:
+            await super().connect_check_health(check_health, retry_socket_connect)
+        except (RedisConnectionError, RedisTimeoutError):
+            slots.stale()
+            raise
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as err:
+            if not _moved(err):
+                raise
+            await self.disconnect()
+            self.slot_pool.slots.stale()
+            raise RedisConnectionError(
+                f"hash slot {self.slot_pool.slot} is not served here now: {err}"
+            ) from err
+
+
+class AsyncSlotSSLConnection(AsyncSlotConnection, aioconnection.SSLConnection):
+    pass
+
+
+class AsyncSlotConnectionPool(aioconnection.ConnectionPool):
+    def __init__(self, slots: SlotMap, slot: int, **kwargs: Any) -> None:
+        ssl = kwargs.pop("ssl", False)
+        kwargs.setdefault(
+            "connection_class", AsyncSlotSSLConnection if ssl else AsyncSlotConnection
+        )
+        self.slots, self.slot = slots, slot
+        super().__init__(**kwargs)
+        self.connection_kwargs["slot_pool"] = self

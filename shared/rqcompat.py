@@ -519,23 +519,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def read_queues(redis: aioredis.Redis, configured: str) -> list[QueueReading]:
-    """Every queue RQ knows on ``redis`` (its set of queues) and ``configured``, sorted by
+async def read_queues(
+    redis: aioredis.Redis, configured: str, shard: keys.Shard = keys.UNSHARDED
+) -> list[QueueReading]:
+    """Every queue RQ knows in ``shard`` (its set of queues) and ``configured``, sorted by
     name, in three pipelined round trips."""
-    found = await redis.smembers(keys.QUEUES_SET)
-    names = sorted({configured, *(keys.queue_name(_text(k)) for k in found)})[:MAX_QUEUES]
+    found = await redis.smembers(shard.queues_set)
+    names = sorted(
+        {configured, *(keys.queue_name(shard.rq_key(_text(k), back=True)) for k in found)}
+    )[:MAX_QUEUES]
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.llen(keys.queue_key(name))
-            pipe.lrange(keys.queue_key(name), 0, HEAD_IDS - 1)
-            pipe.zcard(keys.scheduled_key(name))
-            pipe.smembers(keys.workers_key(name))
+            pipe.llen(shard.queue_key(name))
+            pipe.lrange(shard.queue_key(name), 0, HEAD_IDS - 1)
+            pipe.zcard(shard.scheduled_key(name))
+            pipe.smembers(shard.workers_key(name))
         first = await pipe.execute()
     per_queue = [first[i : i + 4] for i in range(0, len(first), 4)]
     async with redis.pipeline(transaction=False) as pipe:
         for _depth, head, _scheduled, workers in per_queue:
             for job_id in head:
-                pipe.hget(keys.job_key(_text(job_id)), "enqueued_at")
+                pipe.hget(shard.job_key(_text(job_id)), "enqueued_at")
             for worker_key in workers:
                 pipe.exists(_text(worker_key))
         second = iter(await pipe.execute())
@@ -546,6 +550,128 @@ async def read_queues(redis: aioredis.Redis, configured: str) -> list[QueueReadi
         oldest = next((_timestamp(s) for s in stamps if s), None)
         readings.append(QueueReading(name, int(depth), oldest, int(scheduled), alive))
     return readings
+
+
+# -- the commands and the console: what each shard holds -------------------------------------
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A job a worker runs now."""
+
+    job_id: str
+    description: str | None
+    since: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerReading:
+    """A worker registered on a queue, as RQ's ``Worker.refresh`` and
+    ``get_current_executions`` read it (in any shard, from any process)."""
+
+    name: str
+    state: str
+    hostname: str | None
+    pid: int | None
+    last_heartbeat: dt.datetime | None
+    successful_jobs: int
+    failed_jobs: int
+    holds: list[Holding]
+
+
+def _when(value: Any) -> dt.datetime | None:
+    try:
+        return utcparse(_text(value)) if value else None
+    except ValueError:
+        return None
+
+
+def read_workers(
+    redis: Redis, queue: str, shard: keys.Shard = keys.UNSHARDED
+) -> list[WorkerReading]:
+    """The live workers of ``queue`` in ``shard`` (a worker whose hash expired is left out),
+    with what each runs now, read only (RQ's ``Worker.all`` also cleans up as it reads), in
+    three round trips."""
+    members = sorted(_text(k) for k in redis.smembers(shard.workers_key(queue)))
+    prefix = shard.rq_key(keys.worker_key(""))
+    names = [m.removeprefix(prefix) for m in members if m.startswith(prefix)]
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(shard.rq_key(keys.worker_key(name)))
+            pipe.smembers(shard.rq_key(keys.worker_executions_key(name)))
+        found = pipe.execute()
+    hashes, runs = found[0::2], [sorted(_text(m) for m in ms) for ms in found[1::2]]
+    with redis.pipeline(transaction=False) as pipe:
+        for composites in runs:
+            for composite in composites:
+                pipe.hget(shard.rq_key(keys.execution_key(composite)), "created_at")
+                pipe.hget(shard.job_key(composite.split(":", 1)[0]), "description")
+        details = iter(pipe.execute())
+    out = []
+    for name, raw, composites in zip(names, hashes, runs, strict=True):
+        holds = []
+        for composite in composites:
+            created, description = next(details), next(details)
+            if created is None:  # the execution is over (its hash expired)
+                continue
+            holds.append(
+                Holding(
+                    composite.split(":", 1)[0],
+                    _text(description) if description is not None else None,
+                    dt.datetime.fromtimestamp(float(created), tz=dt.UTC),
+                )
+            )
+        if not raw:
+            continue
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        out.append(
+            WorkerReading(
+                name=name,
+                state=data.get("state", "?"),
+                hostname=data.get("hostname") or None,
+                pid=int(data["pid"]) if data.get("pid") else None,
+                last_heartbeat=_when(data.get("last_heartbeat")),
+                successful_jobs=int(data.get("successful_job_count") or 0),
+                failed_jobs=int(data.get("failed_job_count") or 0),
+                holds=holds,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    """One shard's share of a queue: queued, running, waiting to retry, failed jobs."""
+
+    queued: int
+    running: int
+    waiting_to_retry: int
+    failed_jobs: int
+
+
+def read_counts(redis: Redis, queue: str, shard: keys.Shard = keys.UNSHARDED) -> ShardCounts:
+    """Raw counts (RQ's ``count`` would run a cleanup as a side effect), one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.llen(shard.queue_key(queue))
+        pipe.zcard(shard.started_key(queue))
+        pipe.zcard(shard.scheduled_key(queue))
+        pipe.zcard(shard.failed_key(queue))
+        queued, running, scheduled, failed = pipe.execute()
+    return ShardCounts(int(queued), int(running), int(scheduled), int(failed))
+
+
+def enqueue(redis: Redis, job: Job, shard: keys.Shard = keys.UNSHARDED) -> None:
+    """Queue ``job`` (built by ``shared.enqueue.build_job``: queued, ``origin`` its queue) in
+    ``shard`` as RQ's ``Queue.enqueue_job`` does (the job's hash, the set of queues, the id
+    pushed), in one transaction: from any process, whatever its RQ_KEY_PREFIX
+    (``tests/test_rqcompat.py`` holds the keys equal to RQ's)."""
+    queue = shard.queue_key(job.origin)
+    fields = queued_job_fields(job)
+    with redis.pipeline() as pipe:
+        pipe.hset(shard.job_key(job.id), mapping=dict(zip(fields[0::2], fields[1::2], strict=True)))
+        pipe.sadd(shard.queues_set, queue)
+        pipe.rpush(queue, job.id)
+        pipe.execute()
 
 
 def _timestamp(value: Any) -> float | None:

@@ -93,26 +93,31 @@ def header_names(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def stats_key(minute: int) -> str:
-    return f"{keys.STATS}{minute}"
+# The statistics and rejections are the deployment's, not a shard's: they live in the home
+# shard (``home``, :attr:`shared.keys.Layout.home`; the one shard of a deployment not sharded).
 
 
-def coarse_key(bucket: int) -> str:
+def stats_key(minute: int, home: keys.Shard = keys.UNSHARDED) -> str:
+    return home.own_key(f"{keys.STATS}{minute}")
+
+
+def coarse_key(bucket: int, home: keys.Shard = keys.UNSHARDED) -> str:
     """The hash of the :data:`COARSE_SECONDS` bucket number ``bucket`` (seconds // width)."""
-    return f"{keys.STATS_COARSE}{bucket}"
+    return home.own_key(f"{keys.STATS_COARSE}{bucket}")
 
 
-async def sample_depth(redis: AsyncRedis, queue_key: str, now: float | None = None) -> None:
-    """Record the queue's depth now in this minute's and this 5-minute bucket's hash (the
-    last sample of a bucket stands for it)."""
+async def sample_depth(
+    redis: AsyncRedis, depth: int, now: float | None = None, home: keys.Shard = keys.UNSHARDED
+) -> None:
+    """Record the queue's depth now (every shard's) in this minute's and this 5-minute
+    bucket's hash (the last sample of a bucket stands for it)."""
     at = time.time() if now is None else now
-    depth = int(await redis.llen(queue_key))
     minute, bucket = int(at // 60), int(at // COARSE_SECONDS)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(stats_key(minute), DEPTH_FIELD, depth)
-        pipe.expire(stats_key(minute), STATS_TTL_SECONDS)
-        pipe.hset(coarse_key(bucket), DEPTH_FIELD, depth)
-        pipe.expire(coarse_key(bucket), COARSE_TTL_SECONDS)
+        pipe.hset(stats_key(minute, home), DEPTH_FIELD, depth)
+        pipe.expire(stats_key(minute, home), STATS_TTL_SECONDS)
+        pipe.hset(coarse_key(bucket, home), DEPTH_FIELD, depth)
+        pipe.expire(coarse_key(bucket, home), COARSE_TTL_SECONDS)
         await pipe.execute()
 
 
@@ -143,7 +148,7 @@ class Traffic:
             self.dropped += 1
         waiting.append(rejection)
 
-    async def flush(self, redis: AsyncRedis) -> None:
+    async def flush(self, redis: AsyncRedis, home: keys.Shard = keys.UNSHARDED) -> None:
         """Write what is waiting in one pipeline. On failure (Redis away) it stays waiting,
         bounded, for the next flush."""
         counts, rejections = self._counts, self._rejections
@@ -155,18 +160,18 @@ class Traffic:
                 minutes, coarse = set(), set()
                 for (minute, source, kind), n in counts.items():
                     bucket = minute * 60 // COARSE_SECONDS
-                    pipe.hincrby(stats_key(minute), f"{source}\t{kind}", n)
-                    pipe.hincrby(coarse_key(bucket), f"{source}\t{kind}", n)
+                    pipe.hincrby(stats_key(minute, home), f"{source}\t{kind}", n)
+                    pipe.hincrby(coarse_key(bucket, home), f"{source}\t{kind}", n)
                     minutes.add(minute)
                     coarse.add(bucket)
                 for minute in minutes:
-                    pipe.expire(stats_key(minute), STATS_TTL_SECONDS)
+                    pipe.expire(stats_key(minute, home), STATS_TTL_SECONDS)
                 for bucket in coarse:
-                    pipe.expire(coarse_key(bucket), COARSE_TTL_SECONDS)
+                    pipe.expire(coarse_key(bucket, home), COARSE_TTL_SECONDS)
                 for source, waiting in rejections.items():
                     for rejection in waiting:
                         pipe.xadd(
-                            keys.rejections_key(source),
+                            home.own_key(keys.rejections_key(source)),
                             rejection.fields(),  # type: ignore[arg-type]
                             maxlen=REJECTIONS_KEPT,
                             approximate=False,
@@ -185,25 +190,33 @@ class Traffic:
 # -- reading (the command line, the console) ---------------------------------------------------
 
 
-def recent_rejections(redis: Redis, sources: Iterable[str], *, limit: int = 100) -> list[Rejection]:
+def recent_rejections(
+    redis: Redis,
+    sources: Iterable[str],
+    *,
+    limit: int = 100,
+    home: keys.Shard = keys.UNSHARDED,
+) -> list[Rejection]:
     """The newest ``limit`` rejections of ``sources`` (``_unknown`` for unknown ones), newest
     first."""
     found: list[Rejection] = []
     with redis.pipeline(transaction=False) as pipe:
         for source in sources:
-            pipe.xrevrange(keys.rejections_key(source), count=limit)
+            pipe.xrevrange(home.own_key(keys.rejections_key(source)), count=limit)
         for entries in pipe.execute():
             found += [Rejection.from_fields(fields) for _id, fields in entries]
     return sorted(found, key=lambda r: r.at, reverse=True)[:limit]
 
 
-def last_hour(redis: Redis, now: float | None = None) -> dict[str, dict[str, int]]:
+def last_hour(
+    redis: Redis, now: float | None = None, home: keys.Shard = keys.UNSHARDED
+) -> dict[str, dict[str, int]]:
     """Counts by source over the last 60 minutes: ``{source: {kind: n}}``."""
     current = int((time.time() if now is None else now) // 60)
     totals: dict[str, dict[str, int]] = {}
     with redis.pipeline(transaction=False) as pipe:
         for minute in range(current - 59, current + 1):
-            pipe.hgetall(stats_key(minute))
+            pipe.hgetall(stats_key(minute, home))
         for bucket in pipe.execute():
             for field, n in bucket.items():
                 source, _, kind = field.decode("utf-8", "replace").partition("\t")
@@ -225,7 +238,13 @@ class Buckets:
     depth: list[int | None]
 
 
-def buckets(redis: Redis, width: int, count: int, now: float | None = None) -> Buckets:
+def buckets(
+    redis: Redis,
+    width: int,
+    count: int,
+    now: float | None = None,
+    home: keys.Shard = keys.UNSHARDED,
+) -> Buckets:
     """The last ``count`` buckets of ``width`` seconds (60: the minute hashes, else
     :data:`COARSE_SECONDS`), the current one last; one round trip."""
     at = time.time() if now is None else now
@@ -236,7 +255,7 @@ def buckets(redis: Redis, width: int, count: int, now: float | None = None) -> B
     depth: list[int | None] = [None] * count
     with redis.pipeline(transaction=False) as pipe:
         for number in numbers:
-            pipe.hgetall(key(number))
+            pipe.hgetall(key(number, home))
         for i, bucket in enumerate(pipe.execute()):
             for field, n in bucket.items():
                 source, _, kind = field.decode("utf-8", "replace").partition("\t")

@@ -54,7 +54,7 @@ async def test_a_redis_that_forgot_the_script_is_taught_it_again(
     assert (await client.post("/webhooks/moncash", data=body, headers=headers)).status == 202
     # When Redis restarts (its scripts are gone)
     redis_client.script_flush()
-    assert not redis_client.script_exists(app[CLAIMS].sha)[0]
+    assert not redis_client.script_exists(app[CLAIMS][0].sha)[0]
     body, headers, _ = signed(settings, "moncash", n=2)
     # Then the next event is still accepted, not 503
     assert (await client.post("/webhooks/moncash", data=body, headers=headers)).status == 202

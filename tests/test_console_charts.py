@@ -169,7 +169,8 @@ async def test_the_ingress_counts_go_to_minutes_and_5_minute_buckets_with_the_de
     try:
         await counts.flush(aclient)
         await aclient.rpush(keys.queue_key(settings.queue), "j1", "j2")
-        await traffic.sample_depth(aclient, keys.queue_key(settings.queue), now)
+        depth = await aclient.llen(keys.queue_key(settings.queue))
+        await traffic.sample_depth(aclient, depth, now)
     finally:
         await aclient.aclose()
     # When the console asks for the last hour and the last day

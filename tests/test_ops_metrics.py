@@ -95,30 +95,30 @@ async def test_gauges_show_each_queue_retries_workers_and_redis_memory(
     # When /metrics is scraped
     text = await scrape(client)
     # Then each queue has its series
-    assert sample(text, "hookline_queue_depth", queue="hookline") == 2
-    assert sample(text, "hookline_queue_depth", queue="other") == 1
-    age = sample(text, "hookline_queue_oldest_age_seconds", queue="hookline")
+    assert sample(text, "hookline_queue_depth", queue="hookline", shard="0") == 2
+    assert sample(text, "hookline_queue_depth", queue="other", shard="0") == 1
+    age = sample(text, "hookline_queue_oldest_age_seconds", queue="hookline", shard="0")
     assert age is not None and 100 <= age < 200
-    other_age = sample(text, "hookline_queue_oldest_age_seconds", queue="other")
+    other_age = sample(text, "hookline_queue_oldest_age_seconds", queue="other", shard="0")
     assert other_age is not None and 0 <= other_age < 60
-    assert sample(text, "hookline_retries_scheduled", queue="hookline") == 1
-    assert sample(text, "hookline_retries_scheduled", queue="other") == 0
-    assert sample(text, "hookline_workers_alive", queue="hookline") == 1
-    assert sample(text, "hookline_workers_alive", queue="other") == 0
+    assert sample(text, "hookline_retries_scheduled", queue="hookline", shard="0") == 1
+    assert sample(text, "hookline_retries_scheduled", queue="other", shard="0") == 0
+    assert sample(text, "hookline_workers_alive", queue="hookline", shard="0") == 1
+    assert sample(text, "hookline_workers_alive", queue="other", shard="0") == 0
     # and Redis's memory as INFO tells it
     memory = redis_client.info("memory")
-    used = sample(text, "hookline_redis_memory_used_bytes")
+    used = sample(text, "hookline_redis_memory_used_bytes", shard="0")
     assert used is not None and used > 0
-    assert sample(text, "hookline_redis_memory_max_bytes") == int(memory["maxmemory"])
+    assert sample(text, "hookline_redis_memory_max_bytes", shard="0") == int(memory["maxmemory"])
     # and one series per queue, one value per series
-    assert len(re.findall(r'^hookline_queue_depth\{queue="hookline"\}', text, re.M)) == 1
+    assert len(re.findall(r'^hookline_queue_depth\{queue="hookline",shard="0"\}', text, re.M)) == 1
 
 
 async def test_an_empty_queue_is_zero_deep_and_zero_old(client: TestClient) -> None:
     text = await scrape(client)
-    assert sample(text, "hookline_queue_depth", queue="hookline") == 0
-    assert sample(text, "hookline_queue_oldest_age_seconds", queue="hookline") == 0
-    assert sample(text, "hookline_workers_alive", queue="hookline") == 0
+    assert sample(text, "hookline_queue_depth", queue="hookline", shard="0") == 0
+    assert sample(text, "hookline_queue_oldest_age_seconds", queue="hookline", shard="0") == 0
+    assert sample(text, "hookline_workers_alive", queue="hookline", shard="0") == 0
 
 
 async def test_redis_is_read_at_most_once_per_period_whatever_the_scrape_rate(
@@ -126,15 +126,15 @@ async def test_redis_is_read_at_most_once_per_period_whatever_the_scrape_rate(
 ) -> None:
     # Given a scrape that read one queued event
     await post(client, settings, 1)
-    assert sample(await scrape(client), "hookline_queue_depth", queue="hookline") == 1
+    assert sample(await scrape(client), "hookline_queue_depth", queue="hookline", shard="0") == 1
     # When another is queued and /metrics is scraped again at once, many times
     await post(client, settings, 2)
     texts = await asyncio.gather(*(scrape(client) for _ in range(10)))
     # Then they show the reading of the first scrape (READ_EVERY_SECONDS has not passed)
-    assert {sample(t, "hookline_queue_depth", queue="hookline") for t in texts} == {1}
+    assert {sample(t, "hookline_queue_depth", queue="hookline", shard="0") for t in texts} == {1}
     # and a scrape after the period reads Redis again
     deadline = time.monotonic() + ingest_metrics.READ_EVERY_SECONDS + 10
-    while sample(await scrape(client), "hookline_queue_depth", queue="hookline") != 2:
+    while sample(await scrape(client), "hookline_queue_depth", queue="hookline", shard="0") != 2:
         assert time.monotonic() < deadline, "the gauges were never read again"
         await asyncio.sleep(0.5)
 
@@ -219,7 +219,7 @@ async def test_no_database_file_means_no_dead_letter_gauge_and_no_file_made(
 ) -> None:
     text = await scrape(client)
     assert "hookline_dead_letters" not in text
-    assert sample(text, "hookline_queue_depth", queue="hookline") == 0
+    assert sample(text, "hookline_queue_depth", queue="hookline", shard="0") == 0
     assert not Path(settings.database_url.removeprefix("sqlite:///")).exists()
 
 

@@ -110,7 +110,9 @@ def test_several_processes_serve_one_port_and_one_metrics(tmp_path: Path, redis_
         # Then /metrics, whichever process answers, counts all of them
         assert {_accepted_total(base) for _ in range(6)} == {30.0}
         # and shows the queue's depth as Redis holds it, never added up over the processes
-        assert {_gauge(base, 'hookline_queue_depth{queue="hookline"}') for _ in range(6)} == {30.0}
+        assert {
+            _gauge(base, 'hookline_queue_depth{queue="hookline",shard="0"}') for _ in range(6)
+        } == {30.0}
         # When one process is killed, another takes its place and the port keeps answering
         victim = min(_children(master.pid))
         os.kill(victim, signal.SIGKILL)

@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from rq import Queue
 from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shared import eventlog
+from shared import eventlog, rqcompat
 from shared.db import as_utc, dead_letters, from_timestamp, utcnow, webhook_events
 from shared.enqueue import JobSpec, build_job
 from shared.envelope import Envelope
 from shared.eventlog import EVERYTHING, MAX_LIMIT, Filter, Page
-from shared.rqcompat import JobSerializer
+from shared.shards import ShardClients, clients_of
 
 #: dead letters deleted per transaction
 PURGE_CHUNK = 500
@@ -217,26 +216,27 @@ def _envelope(row: Any) -> Envelope:
 
 def replay(
     engine: Engine,
-    redis: Redis,
+    redis: Redis | ShardClients[Redis],
     spec: JobSpec,
     ids: Sequence[int],
     on_each: Callable[[int, str], None] | None = None,
     *,
     by: str,
 ) -> Iterator[int]:
-    """Queue each dead letter again as a fresh job (all attempts available); yields each id once
-    queued and marked. The effects cannot apply twice: the worker's ``webhook_events`` row
-    guards them however often an event is replayed."""
-    queue = Queue(spec.queue, connection=redis, serializer=JobSerializer)
+    """Queue each dead letter again as a fresh job (all attempts available), in its event's
+    shard; yields each id once queued and marked. The effects cannot apply twice: the
+    worker's ``webhook_events`` row guards them however often an event is replayed."""
+    redis = clients_of(redis)
     for dl_id in ids:
         with engine.connect() as conn:
             row = conn.execute(select(dead_letters).where(dead_letters.c.id == dl_id)).first()
         if row is None or row.applied_at is not None:  # gone, or applied by a replay already
             continue
         job = build_job(_envelope(row), spec)
-        job.connection = redis
+        shard, client = redis.route(row.source, row.event_id)
+        job.connection = client
         asked = utcnow()  # before the worker can take it: the timeline's order
-        queue.enqueue_job(job)
+        rqcompat.enqueue(client, job, shard)
         with engine.begin() as conn:
             conn.execute(
                 update(dead_letters)

@@ -57,7 +57,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import eventlog, keys, redisconn, rqcompat
+from shared import eventlog, keys, redisconn, rqcompat, shards
 from shared.config import Settings
 from shared.rqcompat import EventJob, JobSerializer
 from workers import retries, runtime
@@ -183,7 +183,8 @@ class EventWorker(SimpleWorker):
         """RQ's periodic maintenance, in the main loop: the janitor's sweep, and RQ's own
         cleaning of its other registries (finished, failed, deferred...)."""
         sweep(self.queues, self, full=True)
-        prune_archive(self.connection)
+        if keys.this_shard() in (None, 0):  # the event log is one: the home shard prunes it
+            prune_archive(self.connection)
         self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ types it None only
 
     def handle_payload(self, message: dict[Any, Any]) -> None:
@@ -276,12 +277,17 @@ def prune_archive(connection: Redis) -> None:
             lock.release()
 
 
-def connect(settings: Settings) -> Redis:
-    """The worker's Redis (through Sentinel when ``redis_url`` says so): checked at start, so
-    a Sentinel service no sentinel knows stops the worker with one line."""
+def connect(settings: Settings, shard: keys.Shard = keys.UNSHARDED) -> Redis:
+    """The worker's Redis (through Sentinel when ``redis_url`` says so; on a cluster, the
+    primary serving ``shard``): checked at start, so a Sentinel service no sentinel knows,
+    or a cluster with slots nobody serves, stops the worker with one line."""
     redisconn.check_at_start(settings.redis_url)
     return redisconn.connect(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        settings.redis_url,
+        shard.slot,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
     )
 
 
@@ -370,8 +376,9 @@ def run(
     rq_log_level: str = "INFO",
 ) -> None:
     """Take jobs until stopped (SIGTERM/SIGINT finish the current batch first)."""
+    shard = shards.process_shard(settings)
     runtime.configure(settings)
-    connection = connect(settings)
+    connection = connect(settings, shard)
     queues = queues_for(settings, queue_names, connection)
     timeout = settings.worker.job_timeout_seconds
     keep = settings.worker.keep_finished_seconds
