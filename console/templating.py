@@ -23,12 +23,20 @@ def setup(app: web.Application) -> None:
     )
     env.filters["when"] = when
     env.filters["segment"] = segment
+    env.filters["size"] = size
     env.globals["qs"] = qs
 
 
 def when(value: object) -> str:
     """A time as operators read it: UTC, to the second, with its zone (as the CLI prints it)."""
     return for_people(value, never="—")
+
+
+def size(value: Any) -> str:
+    """Bytes for a person (as the CLI prints them); "unknown" when Redis refused INFO."""
+    from hookline.printing import size as for_people_size
+
+    return "unknown" if value is None else for_people_size(value)
 
 
 def segment(value: Any) -> str:

@@ -163,10 +163,16 @@ class Operations:
         }
         if len(per_shard) > 1:
             out["shards"] = per_shard
-            out["redis_memory_used_bytes"] = max(
-                (p["redis_memory_used_bytes"] or 0 for p in per_shard if p["reachable"]),
-                default=None,
+            # the fullest shard's Redis: the first to refuse writes
+            fullest = max(
+                (p for p in per_shard if p["reachable"]),
+                key=lambda p: (
+                    (p["redis_memory_used_bytes"] or 0) / (p["redis_memory_max_bytes"] or 1 << 60)
+                ),
             )
+            out["redis_memory_shard"] = fullest["shard"]
+            for key in ("redis_memory_used_bytes", "redis_memory_max_bytes"):
+                out[key] = fullest[key]
         if details:
             out["workers"] = [_worker(w) for w in workers]
             out["last_hour"] = self.last_hour()

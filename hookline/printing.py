@@ -47,8 +47,28 @@ def status(data: dict[str, Any]) -> None:
     table.add_row("queue", escape(str(data["queue"])), "")
     for key, label, meaning in FIGURES:
         table.add_row(label, escape(str(data[key])), f"[dim]{escape(meaning)}[/dim]")
-    table.add_row("redis memory", redis_memory(data), "[dim]used, of maxmemory[/dim]")
+    if "shards" in data:
+        table.add_row(
+            "redis memory",
+            redis_memory(data),
+            f"[dim]used, of maxmemory, by the fullest shard's Redis (shard"
+            f" {data['redis_memory_shard']})[/dim]",
+        )
+        for shard in data["shards"]:
+            table.add_row(f"shard {shard['shard']}", *_shard(shard))
+    else:
+        table.add_row("redis memory", redis_memory(data), "[dim]used, of maxmemory[/dim]")
     console.print(table)
+
+
+def _shard(shard: dict[str, Any]) -> tuple[str, str]:
+    if not shard["reachable"]:
+        return "[bold red]unreachable[/bold red]", "[dim]its Redis does not answer[/dim]"
+    return (
+        f"{shard['queued']} queued",
+        f"[dim]{shard['running']} running, {shard['waiting_to_retry']} waiting to retry,"
+        f" {shard['workers_alive']} workers, {escape(redis_memory(shard))}[/dim]",
+    )
 
 
 def redis_memory(data: dict[str, Any]) -> str:

@@ -218,9 +218,15 @@ async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
     """Write the traffic counts and rejections once a second, and a last time on the way out;
     read Redis's memory as often (:mod:`ingest.memory`)."""
 
+    # Stopped by an event as well as cancelled: a cancellation that lands as one of the steps'
+    # own deadlines passes (a loop blocked past it) comes out of asyncio.timeout as a
+    # TimeoutError on Python 3.11, which the step takes for Redis being slow, and the loop
+    # would go on for ever, holding up the process's exit.
+    stopping = asyncio.Event()
+
     async def flush_forever() -> None:
         sampled = 0.0
-        while True:
+        while not stopping.is_set():
             await asyncio.sleep(TRAFFIC_FLUSH_SECONDS)
             await _flush(app)
             await _read_memory(app)
@@ -231,6 +237,7 @@ async def _traffic_ctx(app: web.Application) -> AsyncIterator[None]:
     await _read_memory(app)
     task = asyncio.create_task(flush_forever())
     yield
+    stopping.set()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -19,6 +19,7 @@ import redis
 from multidict import CIMultiDict
 from sqlalchemy import Engine, select
 
+from shared import keys
 from shared.config import Settings
 from shared.db import dead_letters, payments, webhook_events
 from shared.enqueue import JobSpec, claim
@@ -71,7 +72,12 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 def deliver(
-    client: redis.Redis, settings: Settings, source: str, body: bytes | None = None, **kw: Any
+    client: redis.Redis,
+    settings: Settings,
+    source: str,
+    body: bytes | None = None,
+    shard: keys.Shard = keys.UNSHARDED,
+    **kw: Any,
 ) -> str:
     """What the ingress does for an authentic delivery; returns the event id."""
     body, headers, _ = signed(settings, source, body=body, **kw)
@@ -85,7 +91,7 @@ def deliver(
         headers=redact_headers(headers.items(), src.scheme.sensitive()),
         body=body,
     )
-    claim(client, env, JobSpec.from_settings(settings))
+    claim(client, env, JobSpec.from_settings(settings), shard=shard)
     return event_id
 
 

@@ -1,0 +1,279 @@
+"""``redis_shards``: every shard's keys under one hash tag, each event routed to one shard for
+good, a worker process per shard, and the commands acting on every shard. These run on one
+Redis (shards work there too); ``tests/test_cluster.py`` runs them on a real Redis Cluster."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+from redis.crc import key_slot
+from sqlalchemy import select
+
+from ingest.app import create_app
+from shared import keys, redisconn
+from shared.config import load_settings
+from shared.db import make_engine, webhook_events
+from shared.errors import ConfigError
+from tests.helpers import signed
+from tests.processes import env_for, hookline, processes, wait_until
+
+
+def _config(tmp_path: Path, redis_url: str, shards: int = 3, database: str = "shards.db") -> Path:
+    config = tmp_path / "hookline.toml"
+    config.write_text(
+        f"""
+redis_url = "{redis_url}"
+redis_shards = {shards}
+database_url = "sqlite:///{tmp_path / database}"
+
+[worker]
+handlers = ["tests.handlers_for_tests"]
+max_attempts = 1
+
+[sources.slow]
+scheme = "hmac"
+secrets = ["slow-secret"]
+event_id = "json:id"
+event_type = "json:type"
+
+[sources.poison]
+scheme = "hmac"
+secrets = ["poison-secret"]
+event_id = "json:id"
+event_type = "json:type"
+"""
+    )
+    return config
+
+
+def _rows(database_url: str) -> dict[str, str]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(select(webhook_events.c.event_id, webhook_events.c.status))
+            return {r.event_id: r.status for r in found}
+    finally:
+        engine.dispose()
+
+
+# -- the layout ----------------------------------------------------------------------------------
+
+
+def test_each_shard_is_one_hash_slot_in_its_own_share_of_the_slots() -> None:
+    for count in (1, 3, 6, 16):
+        layout = keys.Layout.of(count, cluster=True)
+        for shard in layout.shards:
+            # every key of the shard, RQ's and hookline's, in the shard's one slot
+            names = [
+                shard.queue_key("q"),
+                shard.job_key("j"),
+                shard.scheduled_key("q"),
+                shard.started_key("q"),
+                shard.queues_set,
+                shard.ack_barrier,
+                shard.own_key(keys.CLAIM + "1:a"),
+            ]
+            assert {key_slot(n.encode()) for n in names} == {shard.slot}
+            # spread evenly: shard i in the i-th of `count` equal ranges of slots
+            assert shard.index * keys.SLOTS // count <= (shard.slot or 0)
+            assert (shard.slot or 0) < (shard.index + 1) * keys.SLOTS // count
+
+
+def test_a_deployment_not_sharded_keeps_its_keys_where_they_were() -> None:
+    [shard] = keys.Layout.of(1, cluster=False).shards
+    assert shard.queue_key("hookline") == keys.queue_key("hookline")
+    assert shard.own_key(keys.ACK_BARRIER) == keys.ACK_BARRIER
+    assert shard.slot is None
+
+
+def test_an_event_routes_to_one_shard_for_good_and_events_spread_over_all() -> None:
+    layout = keys.Layout.of(4, cluster=False)
+    again = keys.Layout.of(4, cluster=False)
+    routed = [layout.route("stripe", f"evt_{i}").index for i in range(4000)]
+    assert routed == [again.route("stripe", f"evt_{i}").index for i in range(4000)]
+    counts = collections.Counter(routed)
+    assert sorted(counts) == [0, 1, 2, 3]
+    assert min(counts.values()) > 800  # about 1,000 each
+    # the source counts: the same id from two sources is two events
+    assert len({layout.route(s, "evt_1").index for s in ("a", "b", "c", "d", "e", "f")}) > 1
+
+
+def test_a_shards_keys_are_the_names_rq_gives_under_the_shards_prefix() -> None:
+    # RQ's own names, in a process started with the shard's prefix (as its worker is)...
+    shard = keys.Layout.of(3, cluster=False).shards[2]
+    code = (
+        "import json; from shared import keys;"
+        "print(json.dumps([keys.queue_key('q'), keys.job_key('j'), keys.scheduled_key('q'),"
+        " keys.started_key('q'), keys.failed_key('q'), keys.workers_key('q'), keys.QUEUES_SET,"
+        " keys.worker_key('w'), keys.worker_executions_key('w'), keys.execution_key('j:e'),"
+        " keys.ACK_BARRIER, keys.janitor_lock('q')]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env_for(**shard.child_env()),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # ...are the names this process gives the shard's keys
+    assert json.loads(out.stdout) == [
+        shard.queue_key("q"),
+        shard.job_key("j"),
+        shard.scheduled_key("q"),
+        shard.started_key("q"),
+        shard.failed_key("q"),
+        shard.workers_key("q"),
+        shard.queues_set,
+        shard.rq_key(keys.worker_key("w")),
+        shard.rq_key(keys.worker_executions_key("w")),
+        shard.rq_key(keys.execution_key("j:e")),
+        shard.ack_barrier,
+        shard.own_key(keys.janitor_lock("q")),
+    ]
+
+
+def test_cluster_urls_are_read_and_bad_ones_are_one_clear_line() -> None:
+    target = redisconn.parse_cluster("rediss+cluster://app:s3cret@10.0.0.1:7000,[::1]:7001")
+    assert target is not None
+    assert target.nodes == (("10.0.0.1", 7000), ("::1", 7001))
+    assert (target.username, target.password, target.ssl) == ("app", "s3cret", True)
+    assert "s3cret" not in redisconn.describe("redis+cluster://app:s3cret@10.0.0.1:7000")
+    for bad, says in [
+        ("redis+cluster://10.0.0.1:7000/0", "a cluster has no databases"),
+        ("redis+cluster://10.0.0.1", "is not host:port"),
+        ("redis+cluster://app:s3cret@10.0.0.1:99999", "is not host:port"),
+    ]:
+        with pytest.raises(ConfigError, match=says) as err:
+            redisconn.validate(bad)
+        assert "s3cret" not in str(err.value)
+
+
+def test_a_hash_tag_in_rq_key_prefix_with_shards_stops_the_command(tmp_path: Path) -> None:
+    config = _config(tmp_path, "redis://127.0.0.1:1/0")
+    done = subprocess.run(
+        hookline("status", "--config", str(config)),
+        env=env_for(RQ_KEY_PREFIX="{mine}"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "leave { } out of it" in done.stderr
+
+
+# -- on one Redis --------------------------------------------------------------------------------
+
+
+async def test_three_shards_take_apply_show_and_replay_every_event(
+    tmp_path: Path, aiohttp_client: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    config = _config(tmp_path, redis_url)
+    settings = load_settings(config)
+    layout = keys.Layout.of(3, cluster=False)
+    env = env_for(HOOKLINE_CONFIG=str(config), HOOKLINE_TEST_STATE=str(tmp_path))
+    assert subprocess.run(hookline("db", "upgrade"), env=env, check=False).returncode == 0
+    client: TestClient = await aiohttp_client(create_app(settings))
+    # When 30 events arrive, and each is delivered a second time
+    events = {f"e-{i}": ("poison" if i == 7 else "slow") for i in range(30)}
+    for again in (False, True):
+        for event_id, source in events.items():
+            body = json.dumps({"id": event_id, "type": "t"}).encode()
+            _, headers, _ = signed(settings, source, body=body)
+            answer = await client.post(f"/webhooks/{source}", data=body, headers=headers)
+            assert answer.status == (200 if again else 202), await answer.text()
+    # Then each was queued once, in the shard its (source, id) routes to, and every shard
+    # holds some
+    queued = {s.index: redis_client.llen(s.queue_key(settings.queue)) for s in layout.shards}
+    expected = collections.Counter(layout.route(src, i).index for i, src in events.items())
+    assert queued == dict(expected) and all(queued.values())
+    # When a worker drains them (one process per shard), the poison one failing for good
+    (tmp_path / "poison").write_text("")
+    drained = subprocess.run(
+        hookline("worker", "--burst"), env=env, capture_output=True, text=True, check=False
+    )
+    assert drained.returncode == 0, drained.stderr[-2000:]
+    # Then every event was applied once, and the poison one is a dead letter
+    rows = _rows(settings.database_url)
+    assert rows == {i: ("dead" if src == "poison" else "processed") for i, src in events.items()}
+    status = json.loads(
+        subprocess.run(
+            hookline("status", "--json"), env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert (status["queued"], status["dead_letters"]) == (0, 1)
+    assert [s["shard"] for s in status["shards"]] == [0, 1, 2]
+    assert sum(s["failed_jobs"] for s in status["shards"]) == status["failed_jobs"] == 1
+    # When it is replayed (fixed meanwhile)
+    (tmp_path / "poison").unlink()
+    replay = subprocess.run(
+        hookline("dlq", "replay", "--all"), env=env, capture_output=True, text=True, check=False
+    )
+    assert replay.returncode == 0, replay.stderr
+    # Then it is queued again in its own shard, and applied by that shard's worker
+    home = layout.route("poison", "e-7")
+    assert redis_client.llen(home.queue_key(settings.queue)) == 1
+    drained = subprocess.run(
+        hookline("worker", "--burst", "--shards", str(home.index)),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert drained.returncode == 0, drained.stderr[-2000:]
+    assert _rows(settings.database_url)["e-7"] == "processed"
+
+
+def test_a_flooded_shard_does_not_hold_up_the_others(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    from tests.test_worker import deliver
+
+    config = _config(tmp_path, redis_url, shards=2)
+    settings = load_settings(config)
+    layout = keys.Layout.of(2, cluster=False)
+    env = env_for(HOOKLINE_CONFIG=str(config), HOOKLINE_TEST_STATE=str(tmp_path))
+    assert subprocess.run(hookline("db", "upgrade"), env=env, check=False).returncode == 0
+    # Given shard 0 flooded with slow events (half a second each) and one event for shard 1
+    (tmp_path / "sleep").write_text("0.5")
+    ids = [f"f-{i}" for i in range(200)]
+    flood = [i for i in ids if layout.route("slow", i).index == 0][:16]
+    lone = next(i for i in ids if layout.route("slow", i).index == 1)
+    for event_id in [*flood, lone]:
+        body = json.dumps({"id": event_id, "type": "t"}).encode()
+        shard = layout.route("slow", event_id)
+        deliver(redis_client, settings, "slow", body=body, shard=shard)
+    with processes() as procs:
+        worker = procs.start(hookline("worker"), env, tmp_path / "worker.log")
+        # When the worker runs: then shard 1's event is applied while most of shard 0's
+        # flood still waits
+        wait_until(lambda: _rows(settings.database_url).get(lone) == "processed", 60, lone)
+        rows = _rows(settings.database_url)
+        assert sum(rows.get(i) == "processed" for i in flood) < len(flood) // 2
+        # And SIGTERM stops the worker and every shard's process
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    log = (tmp_path / "worker.log").read_text()
+    assert "serving shards 0,1" in log
+
+
+def test_shards_that_do_not_exist_are_one_clear_line(tmp_path: Path, redis_url: str) -> None:
+    config = _config(tmp_path, redis_url)
+    for bad in ("3", "0,x", ""):
+        done = subprocess.run(
+            hookline("worker", "--config", str(config), "--shards", bad),
+            env=env_for(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "shard numbers 0 to 2" in done.stderr
