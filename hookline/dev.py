@@ -288,6 +288,12 @@ class RedisPlan:
 
 def _plan_redis(settings: Settings, path: Path) -> RedisPlan | Conflict:
     """Start Redis on ``redis_url``'s port, use the one there, or the conflict that stops."""
+    if not settings.redis_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            "hookline dev runs one Redis of its own: redis_url must be"
+            " redis://127.0.0.1:PORT/DB, not a Sentinel, cluster or socket URL (run `hookline"
+            " serve` and `hookline worker` against those)"
+        )
     url = urlsplit(settings.redis_url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in ("127.0.0.1", "localhost"):

@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.connection as aioconnection
 from redis import Redis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
 from redis.cluster import parse_cluster_slots
 from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import (
@@ -53,6 +54,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from shared.errors import ConfigError
@@ -371,6 +373,8 @@ class SlotMap:
         self._lock = threading.Lock()
         self._ranges: list[tuple[int, int, tuple[str, int]]] = []
         self._known: list[tuple[str, int]] = []
+        #: nodes that did not answer the last time they were asked: asked last
+        self._silent: set[tuple[str, int]] = set()
         self._read_at = 0.0
         self._stale = True
 
@@ -383,15 +387,22 @@ class SlotMap:
             ssl=self.target.ssl,
             socket_timeout=SLOT_MAP_TIMEOUT_SECONDS,
             socket_connect_timeout=SLOT_MAP_TIMEOUT_SECONDS,
+            # once: redis-py's default retries a refused connection for seconds, and a dead
+            # node must cost one timeout at most
+            retry=Retry(NoBackoff(), 0),
         )
 
     def _read(self) -> list[tuple[int, int, tuple[str, int]]] | None:
-        """The slot map from the first node that answers (nodes it named before first)."""
-        for host, port in dict.fromkeys([*self._known, *self.target.nodes]):
+        """The slot map from the first node that answers: the nodes it named before first,
+        then the seeds, those that did not answer last time last."""
+        candidates = list(dict.fromkeys([*self._known, *self.target.nodes]))
+        candidates.sort(key=lambda node: node in self._silent)
+        for host, port in candidates:
             node = self._node(host, port)
             try:
                 raw = node.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
             except (RedisConnectionError, RedisTimeoutError, OSError):
+                self._silent.add((host, port))
                 continue
             except ResponseError as err:
                 raise ConfigError(
@@ -400,6 +411,7 @@ class SlotMap:
                 ) from err
             finally:
                 node.close()
+            self._silent.discard((host, port))
             slots = parse_cluster_slots(raw, current_host=host)
             return sorted(
                 (start, end, (str(info["primary"][0]), int(info["primary"][1])))
@@ -408,8 +420,12 @@ class SlotMap:
         return None
 
     def refresh(self) -> bool:
-        """Read the map again (at most every SLOT_MAP_REFRESH_SECONDS); whether a node answered."""
-        with self._lock:
+        """Read the map again (at most every SLOT_MAP_REFRESH_SECONDS); whether a node answered.
+        While another thread reads it, the map as last read serves: a shard whose primary is
+        fine never waits on a read that asks a dead node first."""
+        if not self._lock.acquire(blocking=not self._ranges):
+            return True
+        try:
             if not self._stale and self._ranges:
                 return True
             if time.monotonic() - self._read_at < SLOT_MAP_REFRESH_SECONDS and self._ranges:
@@ -422,6 +438,8 @@ class SlotMap:
             self._known = list(dict.fromkeys(primary for _, _, primary in ranges))
             self._stale = False
             return True
+        finally:
+            self._lock.release()
 
     def stale(self) -> None:
         """A connection found its node gone or serving the slot no more: read the map again."""

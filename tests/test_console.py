@@ -1160,3 +1160,37 @@ async def test_the_overview_and_hookline_status_show_the_same_figures_each_expla
     assert ("dead letters", "1") in [(label, n) for _, n, label, _ in tiles]
     # And "failed jobs" (RQ's copy of the dead-lettered jobs) is shown by neither
     assert "failed jobs" not in html and "failed jobs" not in shown.output
+
+
+async def test_the_overview_shows_each_shard_and_adds_them_up(
+    aiohttp_client: Any, redis_client: redis.Redis, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    from shared import keys
+    from tests.test_worker import deliver as deliver_to
+
+    # Given three shards, with events queued in two of them
+    sharded = replace(settings, redis_shards=3)
+    layout = keys.Layout.of(3, cluster=False)
+    ids = [f"o-{n}" for n in range(40)]
+    in_0 = [i for i in ids if layout.route("flaky", i).index == 0][:2]
+    in_2 = [i for i in ids if layout.route("flaky", i).index == 2][:3]
+    for event_id in in_0 + in_2:
+        doc = body({"id": event_id, "type": "order"})
+        deliver_to(redis_client, sharded, "flaky", body=doc, shard=layout.route("flaky", event_id))
+    ops = Operations(sharded, redis=redis_client)
+    client: TestClient = await aiohttp_client(
+        create_app(sharded, ops=ops, throttle=Throttle(**FAST_THROTTLE))
+    )
+    await logged_in(client)
+    # When the operator opens the overview
+    html = await (await client.get("/")).text()
+    # Then the total is every shard's, and each shard has its row
+    assert '<span class="n" id="queued">5</span>' in html
+    table = re.search(r'<table id="shards">(.*?)</table>', html, re.S)
+    assert table is not None
+    cells = re.findall(r"<tr><td>(\d)</td><td>(\d+)</td>", table.group(1))
+    assert cells == [("0", "2"), ("1", "0"), ("2", "3")]
+    status = await (await client.get("/api/status", headers=BEARER)).json()
+    assert [s["queued"] for s in status["shards"]] == [2, 0, 3]

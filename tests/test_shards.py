@@ -277,3 +277,19 @@ def test_shards_that_do_not_exist_are_one_clear_line(tmp_path: Path, redis_url: 
         )
         assert done.returncode == 2, done.stderr
         assert "shard numbers 0 to 2" in done.stderr
+
+
+def test_dev_with_a_cluster_url_is_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text('redis_url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"\n')
+    done = subprocess.run(
+        hookline("dev", "--config", str(config), "--no-reload"),
+        env=env_for(),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "not a Sentinel, cluster" in done.stderr
