@@ -30,7 +30,8 @@ variable from the environment).
 The Redis failover scenario (a primary, a replica and three Sentinels; ``kill -9`` of the
 primary) is :mod:`chaos.failover`: ``python chaos/run.py --scenario failover``; a Redis filled
 to its ``maxmemory`` with no worker running, then drained, is :mod:`chaos.redis_full`:
-``python chaos/run.py --scenario redis-full``.
+``python chaos/run.py --scenario redis-full``; a Redis Cluster losing the primary of one
+of its shards is :mod:`chaos.cluster`: ``python chaos/run.py --scenario cluster``.
 """
 
 from __future__ import annotations
@@ -363,15 +364,22 @@ class Harness:
         from shared.config import load_settings
 
         assert self.redis is not None
+        self.config_path.write_text(self.config_text("chaos/run.py", self.redis.url))
+        self.settings = load_settings(self.config_path)
+
+    def config_text(self, written_by: str, redis_url: str, top: str = "", ingest: str = "") -> str:
+        """The run's configuration: ``redis_url`` (and the ``top`` level lines), the chaos
+        handlers, the three sources (fresh secrets), ``ingest`` as the [ingest] table's lines."""
         keys = {name: secrets.token_urlsafe(24) for name in ("moncash", "flaky", "poison")}
         hmac_source = (
             'scheme = "hmac"\nsecrets = ["{key}"]\nevent_id = "json:id"\nevent_type = "json:type"\n'
         )
-        text = f"""# written by chaos/run.py
-redis_url = "{self.redis.url}"
+        ingest_table = f"\n[ingest]\n{ingest}\n" if ingest else ""
+        return f"""# written by {written_by}
+redis_url = "{redis_url}"
 database_url = "{self.db_url}"
 queue = "hookline"
-
+{top}{ingest_table}
 [worker]
 max_attempts = 5
 backoff_seconds = [1, 2, 5]
@@ -386,8 +394,6 @@ secrets = ["{keys["moncash"]}"]
 {hmac_source.format(key=keys["flaky"])}
 [sources.poison]
 {hmac_source.format(key=keys["poison"])}"""
-        self.config_path.write_text(text)
-        self.settings = load_settings(self.config_path)
 
     def _env(self) -> dict[str, str]:
         return env_for(
@@ -1157,12 +1163,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["faults", "failover", "redis-full"],
+        choices=["faults", "failover", "redis-full", "cluster"],
         default="faults",
         help="faults (default): this run; failover: kill -9 of a Redis primary behind Sentinel,"
         " with ack_replicas 1 and 0 (chaos/failover.py; --scenario failover --help lists its"
         " options); redis-full: a Redis filled to its maxmemory with no worker, then drained"
-        " under load (chaos/redis_full.py; --scenario redis-full --help)",
+        " under load (chaos/redis_full.py; --scenario redis-full --help); cluster: kill -9 of"
+        " the primary holding one shard of a Redis Cluster (chaos/cluster.py; --scenario"
+        " cluster --help)",
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="sending time (default 10)")
     parser.add_argument(

@@ -15,6 +15,13 @@ with ``kill -9`` mid-load, once per ``[ingest] ack_replicas`` mode (both by defa
 running until it answers 503, then drained by two workers under the same traffic, once per
 ``[ingest] shed_at_memory_percent`` mode (both by default); see :mod:`chaos.redis_full`
 (``--scenario redis-full --help`` for its options).
+
+``python chaos/run.py --scenario cluster [--seconds S] [--rate R] [--shard N] [--out FILE]``: a
+Redis Cluster of three primaries, each with a replica, ``redis_shards = 3`` (one shard per
+primary) and ``[ingest] ack_replicas = 1`` under the same traffic; the primary holding one
+shard is killed with ``kill -9`` mid-load, the cluster promotes its replica and the old
+primary rejoins as its replica; the other shards must keep answering 202 meanwhile. See
+:mod:`chaos.cluster` (``--scenario cluster --help`` for its options).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from chaos.harness import Harness, _raise_interrupt, parse_args  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch on ``--scenario`` (``faults``, the default, ``failover`` or ``redis-full``)."""
+    """Dispatch on ``--scenario`` (``faults``, the default, ``failover``, ``redis-full`` or
+    ``cluster``)."""
     scenario = "faults"
     for i, arg in enumerate(argv):
         if arg == "--scenario" and i + 1 < len(argv):
@@ -53,6 +61,10 @@ def main(argv: list[str]) -> int:
         from chaos import redis_full
 
         return redis_full.main(argv)
+    if scenario == "cluster":
+        from chaos import cluster
+
+        return cluster.main(argv)
     return faults(argv)
 
 
