@@ -303,7 +303,10 @@ def worker(
             args += ["--config", config_path]
         if burst:
             args.append("--burst")
-        sys.exit(shardworkers.run(served, args, burst=burst, metrics_port=metrics_port))
+        ready = _redis_ready(settings, served) if metrics_port else None
+        sys.exit(
+            shardworkers.run(served, args, burst=burst, metrics_port=metrics_port, ready=ready)
+        )
     _check_eviction(settings)
     _check_traces(settings)
     _logging(settings)
@@ -335,17 +338,24 @@ def _served_shards(text: str | None, layout: Any) -> list[Any]:
     return [layout.shards[n] for n in wanted]
 
 
-def _redis_ready(settings: Settings) -> Callable[[], bool]:
-    """Whether Redis answers a PING within 2 s (a worker's ``/readyz``)."""
+def _redis_ready(settings: Settings, served: Iterable[Any] = ()) -> Callable[[], bool]:
+    """Whether Redis answers a PING within 2 s (a worker's ``/readyz``); with ``served``
+    shards, whether one of theirs does (a shard whose primary is down waits alone)."""
     from shared import redisconn
 
-    client = redisconn.connect(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    clients = [
+        redisconn.connect(settings.redis_url, slot, socket_timeout=2, socket_connect_timeout=2)
+        for slot in dict.fromkeys(s.slot for s in served) or [None]
+    ]
 
     def ready() -> bool:
-        try:
-            return bool(client.ping())
-        except (RedisError, OSError):
-            return False
+        for client in clients:
+            try:
+                if client.ping():
+                    return True
+            except (RedisError, OSError):
+                continue
+        return False
 
     return ready
 

@@ -312,14 +312,16 @@ UNSHARDED = Shard(0, RQ_KEY_PREFIX, PREFIX)
 
 def shard_tag(index: int, count: int) -> str:
     """Shard ``index`` of ``count``'s hash tag: the first of ``h<index>.<k>`` (k = 0, 1, ...)
-    whose slot lies in the index-th of ``count`` equal ranges of the 16,384 slots. A cluster
-    made by ``redis-cli --cluster create`` gives its P primaries equal ranges, so with
-    ``count`` a multiple of P each primary holds ``count / P`` shards."""
-    low, high = index * SLOTS // count, (index + 1) * SLOTS // count
+    whose slot lies in the middle half of the index-th of ``count`` equal ranges of the 16,384
+    slots. A cluster made by ``redis-cli --cluster create`` gives its P primaries equal ranges
+    (their ends rounded its own way: hence the middle, never an end), so with ``count`` a
+    multiple of P each primary holds ``count / P`` shards."""
+    low, high = index * SLOTS / count, (index + 1) * SLOTS / count
+    quarter = (high - low) / 4
     k = 0
     while True:
         tag = f"h{index}.{k}"
-        if low <= key_slot(tag.encode()) < high:
+        if low + quarter <= key_slot(tag.encode()) < high - quarter:
             return tag
         k += 1
 

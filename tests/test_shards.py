@@ -71,7 +71,7 @@ def _rows(database_url: str) -> dict[str, str]:
 
 
 def test_each_shard_is_one_hash_slot_in_its_own_share_of_the_slots() -> None:
-    for count in (1, 3, 6, 16):
+    for count in (1, 3, 6, 10, 13, 16, 60):
         layout = keys.Layout.of(count, cluster=True)
         for shard in layout.shards:
             # every key of the shard, RQ's and hookline's, in the shard's one slot
@@ -85,9 +85,11 @@ def test_each_shard_is_one_hash_slot_in_its_own_share_of_the_slots() -> None:
                 shard.own_key(keys.CLAIM + "1:a"),
             ]
             assert {key_slot(n.encode()) for n in names} == {shard.slot}
-            # spread evenly: shard i in the i-th of `count` equal ranges of slots
-            assert shard.index * keys.SLOTS // count <= (shard.slot or 0)
-            assert (shard.slot or 0) < (shard.index + 1) * keys.SLOTS // count
+            # spread evenly: shard i in the middle half of the i-th of `count` equal ranges
+            # of slots, whichever way a cluster's tool rounds the ranges' ends
+            width = keys.SLOTS / count
+            assert (shard.index + 0.25) * width <= (shard.slot or 0)
+            assert (shard.slot or 0) < (shard.index + 0.75) * width
 
 
 def test_a_deployment_not_sharded_keeps_its_keys_where_they_were() -> None:
@@ -304,3 +306,46 @@ def test_dev_with_a_cluster_url_is_one_clear_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "not a Sentinel, cluster" in done.stderr
+
+
+def test_a_sharded_worker_serves_every_shards_metrics_on_one_port(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    import urllib.request
+
+    from tests.processes import free_port
+    from tests.test_worker import deliver
+
+    config = _config(tmp_path, redis_url, shards=2)
+    settings = load_settings(config)
+    layout = keys.Layout.of(2, cluster=False)
+    env = env_for(HOOKLINE_CONFIG=str(config), HOOKLINE_TEST_STATE=str(tmp_path))
+    assert subprocess.run(hookline("db", "upgrade"), env=env, check=False).returncode == 0
+    # Given events in both shards
+    ids = [f"m-{n}" for n in range(6)]
+    assert {layout.route("slow", i).index for i in ids} == {0, 1}
+    for event_id in ids:
+        body = json.dumps({"id": event_id, "type": "t"}).encode()
+        deliver(redis_client, settings, "slow", body=body, shard=layout.route("slow", event_id))
+    port = free_port()
+
+    def processed() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("hookline_worker_events_total{") and 'outcome="processed"' in line
+        )
+
+    with processes() as procs:
+        worker = procs.start(
+            hookline("worker", "--metrics-port", str(port)), env, tmp_path / "worker.log"
+        )
+        # When both shards' processes have applied them: then the one port counts all six
+        wait_until(lambda: _rows(settings.database_url).keys() == set(ids), 60, "the events")
+        wait_until(lambda: processed() == len(ids), 20, "the metrics of both shards")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as ready:
+            assert ready.status == 200
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
