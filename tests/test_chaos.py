@@ -12,9 +12,6 @@ found there must be under that prefix."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,17 +19,13 @@ import pytest
 
 from chaos import report
 from tests import processes
+from tests.chaos_runs import run_chaos, tail
 from tests.processes import ROOT, env_for, percentile
 
-RUN = ROOT / "chaos" / "run.py"
 #: the run itself takes about two minutes (one of sending, then draining and replaying)
 RUN_TIMEOUT_SECONDS = 480
 #: RQ's key prefix for the run (RQ's default is "rq")
 PREFIX = "hlchaos"
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.mark.slow
@@ -44,32 +37,19 @@ def test_short_chaos_run_loses_nothing_and_applies_nothing_twice(
     # a prefix of their own
     out = tmp_path / "chaos.json"
     log = tmp_path / "chaos.log"
-    argv = [sys.executable, str(RUN), "--minutes", "1", "--rate", "20"]
-    argv += ["--database-url", postgres_url, "--out", str(out)]
+    args = ["--minutes", "1", "--rate", "20", "--database-url", postgres_url]
     # When it runs to the end
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv,
-            env=env_for(RQ_KEY_PREFIX=PREFIX),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            # SIGTERM: the run stops every process it started before it exits
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            pytest.fail(f"the chaos run overran {RUN_TIMEOUT_SECONDS} s:\n{_tail(log)}")
-    assert out.exists(), _tail(log)
-    result = json.loads(out.read_text())
-    print(_tail(log, 40))
-    assert result["exit_status"] in (0, 1), (result["harness_errors"], _tail(log))
+    result = run_chaos(
+        args,
+        out,
+        log,
+        RUN_TIMEOUT_SECONDS,
+        "chaos",
+        env=env_for(RQ_KEY_PREFIX=PREFIX),
+        tail_lines=60,
+    )
+    print(tail(log, 40))
+    assert result["exit_status"] in (0, 1), (result["harness_errors"], tail(log, 60))
     checks = result["checks"]
     # Then every acknowledged event is in webhook_events or dead_letters
     assert checks["acknowledged"] > 0

@@ -10,17 +10,12 @@ after a 503, the cluster's start and the drain."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, env_for
+from tests.chaos_runs import run_chaos, tail
 
-RUN = ROOT / "chaos" / "run.py"
 RUN_TIMEOUT_SECONDS = 120
 ARGS = [
     "--scenario",
@@ -40,10 +35,6 @@ ARGS = [
 ]
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 120)
 def test_a_shards_primary_killed_under_load_loses_nothing_and_the_other_shards_answer(
@@ -52,25 +43,11 @@ def test_a_shards_primary_killed_under_load_loses_nothing_and_the_other_shards_a
     # Given the cluster scenario: three shards, one per primary, acknowledgements that wait
     # for the shard primary's replica
     out, log = tmp_path / "cluster.json", tmp_path / "cluster.log"
-    argv = [sys.executable, str(RUN), *ARGS, "--database-url", postgres_url, "--out", str(out)]
     # When shard 1's primary is killed mid-load and the run goes to the end
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv, env=env_for(), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # the run stops everything it started, then exits
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            pytest.fail(f"the cluster run overran {RUN_TIMEOUT_SECONDS} s:\n{_tail(log)}")
-    assert out.exists(), _tail(log)
-    result = json.loads(out.read_text())
-    assert result["exit_status"] in (0, 1), (result["harness_errors"], _tail(log))
+    result = run_chaos(
+        [*ARGS, "--database-url", postgres_url], out, log, RUN_TIMEOUT_SECONDS, "cluster"
+    )
+    assert result["exit_status"] in (0, 1), (result["harness_errors"], tail(log))
     checks, cluster = result["checks"], result["cluster"]
     print(
         f"\ncluster (ack_replicas = 1): kill -9 of shard 1's primary -> first 202 on the moved"
@@ -90,7 +67,7 @@ def test_a_shards_primary_killed_under_load_loses_nothing_and_the_other_shards_a
         "master_port": cluster["replica_port"],
     }
     # And shard 1 answered 202 again, and the ingress and the worker never died
-    assert cluster["kill_to_first_202_on_moved_shard_s"] is not None, _tail(log)
+    assert cluster["kill_to_first_202_on_moved_shard_s"] is not None, tail(log)
     assert result["supervisor"]["unexpected_deaths"] == []
     # And every acknowledged event is in webhook_events, none applied twice
     assert checks["acknowledged"] > 0

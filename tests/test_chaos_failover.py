@@ -9,17 +9,12 @@ within a second. About a minute: 26 s of sending, the provider's retries 5 s and
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, env_for
+from tests.chaos_runs import run_chaos, tail
 
-RUN = ROOT / "chaos" / "run.py"
 RUN_TIMEOUT_SECONDS = 150
 ARGS = [
     "--scenario",
@@ -39,10 +34,6 @@ ARGS = [
 ]
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 120)
 def test_a_primary_killed_under_load_loses_nothing_acknowledged_with_ack_replicas_1(
@@ -50,26 +41,12 @@ def test_a_primary_killed_under_load_loses_nothing_acknowledged_with_ack_replica
 ) -> None:
     # Given the failover scenario with acknowledgements that wait for one replica
     out, log = tmp_path / "failover.json", tmp_path / "failover.log"
-    argv = [sys.executable, str(RUN), *ARGS, "--database-url", postgres_url, "--out", str(out)]
     # When the primary is killed mid-load and the run goes to the end
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv, env=env_for(), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # the run stops everything it started, then exits
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            pytest.fail(f"the failover run overran {RUN_TIMEOUT_SECONDS} s:\n{_tail(log)}")
-    assert out.exists(), _tail(log)
-    result = json.loads(out.read_text())
+    result = run_chaos(
+        [*ARGS, "--database-url", postgres_url], out, log, RUN_TIMEOUT_SECONDS, "failover"
+    )
     mode = result["modes"]["ack_replicas_1"]
-    assert mode["exit_status"] in (0, 1), (mode["harness_errors"], _tail(log))
+    assert mode["exit_status"] in (0, 1), (mode["harness_errors"], tail(log))
     checks, failover = mode["checks"], mode["failover"]
     print(
         f"\nfailover (ack_replicas = 1): kill -9 -> first 202 on the new primary"
@@ -83,7 +60,7 @@ def test_a_primary_killed_under_load_loses_nothing_acknowledged_with_ack_replica
     # Then the Sentinels promoted the replica, and the ingress answered 202 from it (once the
     # old primary was back as its replica) without being restarted
     assert failover["primary_at_end"] == failover["replica_port"]
-    assert failover["kill_to_first_202_s"] is not None, _tail(log)
+    assert failover["kill_to_first_202_s"] is not None, tail(log)
     assert mode["supervisor"]["unexpected_deaths"] == []
     # And every acknowledged event is in webhook_events, none applied twice
     assert checks["acknowledged"] > 0

@@ -11,18 +11,13 @@ default, 95, is run by the full scenario and, without the sender, by tests/test_
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.processes import ROOT, env_for
+from tests.chaos_runs import run_chaos, tail
 
-RUN = ROOT / "chaos" / "run.py"
 RUN_TIMEOUT_SECONDS = 150
 ARGS = [
     "--scenario",
@@ -42,32 +37,12 @@ ARGS = [
 ]
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def _run(tmp_path: Path, postgres_url: str, shed: int) -> dict[str, Any]:
     out, log = tmp_path / "redis-full.json", tmp_path / "redis-full.log"
-    argv = [sys.executable, str(RUN), *ARGS, "--modes", str(shed)]
-    argv += ["--database-url", postgres_url, "--out", str(out)]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv, env=env_for(), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-        try:
-            proc.wait(timeout=RUN_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # the run stops everything it started, then exits
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            pytest.fail(f"the redis-full run overran {RUN_TIMEOUT_SECONDS} s:\n{_tail(log)}")
-    assert out.exists(), _tail(log)
-    result = json.loads(out.read_text())
+    args = [*ARGS, "--modes", str(shed), "--database-url", postgres_url]
+    result = run_chaos(args, out, log, RUN_TIMEOUT_SECONDS, "redis-full")
     mode = result["modes"][f"shed_{shed}"]
-    assert mode["exit_status"] in (0, 1), (mode["harness_errors"], _tail(log))
+    assert mode["exit_status"] in (0, 1), (mode["harness_errors"], tail(log))
     full = mode["redis_full"]
     print(
         f"\nredis-full (shed_at_memory_percent = {shed}): first 503 after"
