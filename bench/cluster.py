@@ -29,11 +29,8 @@ runs it as its ``cluster`` phase.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +48,8 @@ from common import (
     drop_scratch_database,
     free_port,
     hookline,
+    measure_and_report,
+    row_count,
     scratch_database,
     sign_many,
     start_redis,
@@ -107,21 +106,23 @@ def _client(port: int) -> Redis:
 
 
 @contextmanager
-def single(procs: Procs, folder: Path, server: str) -> Iterator[Setup]:
-    proc, port = start_redis(procs, "single-redis", folder, server=server)
+def one_primary(proc: Proc, port: int, key: str, title: str, url: str) -> Iterator[Setup]:
+    """The layout of the one primary ``proc`` (on ``port``) behind ``url``, one shard;
+    stopped at the end."""
     primary = Primary(port, _client(port))
     try:
-        yield Setup(
-            "single",
-            "one Redis (redis://), 1 shard",
-            f"redis://127.0.0.1:{port}/0",
-            1,
-            [primary],
-            lambda _shard: primary,
-        )
+        yield Setup(key, title, url, 1, [primary], lambda _shard: primary)
     finally:
         primary.client.close()
         proc.stop(grace=5.0)
+
+
+@contextmanager
+def single(procs: Procs, folder: Path, server: str) -> Iterator[Setup]:
+    proc, port = start_redis(procs, "single-redis", folder, server=server)
+    url = f"redis://127.0.0.1:{port}/0"
+    with one_primary(proc, port, "single", "one Redis (redis://), 1 shard", url) as setup:
+        yield setup
 
 
 @contextmanager
@@ -135,26 +136,17 @@ def one_primary_cluster(procs: Procs, folder: Path, server: str) -> Iterator[Set
     proc, port = start_redis(
         procs, "cluster1-redis", folder, server=server, port=_cluster_ports(1)[0], extra=extra
     )
-    primary = Primary(port, _client(port))
-    try:
-        primary.client.execute_command("CLUSTER ADDSLOTS", *range(CLUSTER_SLOTS))
+    url = f"redis+cluster://127.0.0.1:{port}"
+    with one_primary(proc, port, "cluster_1", "cluster, 1 primary, 1 shard", url) as setup:
+        client = setup.primaries[0].client
+        client.execute_command("CLUSTER ADDSLOTS", *range(CLUSTER_SLOTS))
 
         def ok() -> bool:
-            info = primary.client.execute_command("CLUSTER INFO")
+            info = client.execute_command("CLUSTER INFO")
             return bool(info["cluster_state"] == "ok")
 
         wait_until(ok, 30, "the one-primary cluster's state ok", interval=0.05)
-        yield Setup(
-            "cluster_1",
-            "cluster, 1 primary, 1 shard",
-            f"redis+cluster://127.0.0.1:{port}",
-            1,
-            [primary],
-            lambda _shard: primary,
-        )
-    finally:
-        primary.client.close()
-        proc.stop(grace=5.0)
+        yield setup
 
 
 @contextmanager
@@ -208,32 +200,6 @@ def side(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any
         "seconds": after["at"] - before["at"],
         "by_command": commands_by_name(before["commandstats"], after["commandstats"], n),
     }
-
-
-def applied(db: str) -> int:
-    from sqlalchemy import text
-
-    from shared.db import make_engine
-
-    engine = make_engine(db)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM webhook_events")).scalar_one())
-    finally:
-        engine.dispose()
-
-
-def dead_letters(db: str) -> int:
-    from sqlalchemy import text
-
-    from shared.db import make_engine
-
-    engine = make_engine(db)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one())
-    finally:
-        engine.dispose()
 
 
 # -- one layout ---------------------------------------------------------------------------------
@@ -297,7 +263,7 @@ def run_layout(
         def all_applied() -> bool:
             if worker.reap(block=False) and worker.popen.returncode != 0:
                 raise RuntimeError(f"{worker.name} exited {worker.popen.returncode}")
-            return applied(db) >= n
+            return row_count(db, "webhook_events") >= n
 
         # the database first (no Redis command), then RQ's bookkeeping of the last jobs
         wait_until(all_applied, 300, f"{setup.key}: every event applied", interval=0.1)
@@ -315,7 +281,7 @@ def run_layout(
         s2 = snapshots(setup)
         if not worker.wait(120) or worker.popen.returncode != 0:
             raise RuntimeError(f"{worker.name} failed; see {worker.log}")
-        counts = {"webhook_events": applied(db), "dead_letters": dead_letters(db)}
+        counts = {t: row_count(db, t) for t in ("webhook_events", "dead_letters")}
         if counts != {"webhook_events": n, "dead_letters": 0}:
             raise RuntimeError(f"{setup.key}: {counts} after the drain of {n} events")
     finally:
@@ -484,24 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.events < 100 or args.rate <= 0:
         parser.error("--events must be 100 or more and --rate positive")
-    tmp = Path(tempfile.mkdtemp(prefix="hookline-cluster-"))
-    procs = Procs(tmp)
-    ok = False
-    try:
-        res = measure(procs, tmp, args.events, args.rate)
-        ok = True
-    finally:
-        procs.stop_all()
-        if ok and not args.keep_logs:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-    lines = report(res)
-    print("\n" + "\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**res, "table": lines}, indent=2, default=str) + "\n")
-    return 0
+    return measure_and_report(
+        "hookline-cluster-",
+        lambda procs, tmp: measure(procs, tmp, args.events, args.rate),
+        report,
+        args.out,
+        args.keep_logs,
+    )
 
 
 if __name__ == "__main__":

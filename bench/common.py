@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +325,37 @@ class Procs:
             proc.stop(grace=5.0)
 
 
+def measure_and_report(
+    prefix: str,
+    measure: Callable[[Procs, Path], dict[str, Any]],
+    report: Callable[[dict[str, Any]], list[str]],
+    out: Path | None,
+    keep_logs: bool = False,
+) -> int:
+    """A benchmark's command: ``measure`` (its processes' logs in a temp dir named
+    ``prefix``..., every process stopped at the end, the dir removed unless it failed or
+    ``keep_logs``), then its ``report`` printed, and with the results written to ``out`` as
+    JSON when given."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Procs(tmp)
+    ok = False
+    try:
+        res = measure(procs, tmp)
+        ok = True
+    finally:
+        procs.stop_all()
+        if ok and not keep_logs:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+    lines = report(res)
+    print("\n" + "\n".join(lines))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**res, "table": lines}, indent=2, default=str) + "\n")
+    return 0
+
+
 def wait_http(proc: Proc, url: str, timeout: float = 20.0) -> None:
     def ready() -> bool:
         if not proc.alive() or proc.reap(block=False):
@@ -404,6 +437,20 @@ def drop_scratch_database(url: str, name: str) -> None:
 
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def row_count(url: str, table: str) -> int:
+    """How many rows ``table`` of the database at ``url`` holds."""
+    from sqlalchemy import text
+
+    from shared.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+    finally:
+        engine.dispose()
 
 
 def create_database() -> None:

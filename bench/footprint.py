@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +49,7 @@ from common import (
     drop_scratch_database,
     free_port,
     hookline,
+    measure_and_report,
     redis_client,
     scratch_database,
     sign_many,
@@ -507,24 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run the events through commit REF's code first, on the same Redis",
     )
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="hookline-footprint-"))
-    procs = Procs(tmp)
-    ok = False
-    try:
-        res = measure(procs, tmp, args.events, args.claims, args.baseline)
-        ok = True
-    finally:
-        procs.stop_all()
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-    lines = report(res)
-    print("\n" + "\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**res, "table": lines}, indent=2, default=str) + "\n")
-    return 0
+    return measure_and_report(
+        "hookline-footprint-",
+        lambda procs, tmp: measure(procs, tmp, args.events, args.claims, args.baseline),
+        report,
+        args.out,
+    )
 
 
 if __name__ == "__main__":
