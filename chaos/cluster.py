@@ -35,22 +35,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
-import random
 import re
-import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from chaos import report
-from chaos.failover import MAX_503_SECONDS, FailoverHarness
-from chaos.harness import _raise_interrupt, http_status, run_scenario_mode
-from chaos.sender import RETRY_DELAYS, Attempt, Key
-from tests.processes import ROOT, free_port, hookline, percentile
+from chaos.failover import (
+    FailoverHarness,
+    finish_kill_at,
+    switch_client,
+    switch_header,
+    switch_parser,
+)
+from chaos.harness import finish_scenario_args, http_status, run_scenario_mode, scenario_main
+from chaos.sender import Attempt, Key
+from tests.processes import ROOT, hookline
 from tests.redis_topology import Cluster, Node, cluster_topology
 
 DEFAULT_OUT = ROOT / "chaos" / "results" / "cluster-latest.json"
@@ -86,19 +87,14 @@ class ClusterHarness(FailoverHarness):
 
     # -- setup -----------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def plan(self) -> str:
         a = self.args
-        self.say(
+        return (
             f"cluster: {a.seconds:.0f} s at {a.rate}/s, {SHARDS} shards, ack_replicas = 1;"
             f" kill -9 of shard {a.shard}'s primary at {a.kill_at:.0f} s, restarted"
             f" {a.restart_after:.0f} s later; 1 ingress, 1 worker ({SHARDS} shard processes);"
             f" work dir {self.work}"
         )
-        self.snapshot()
-        self._setup_database()
-        self._setup_redis()
-        self._write_config()
-        self._start_processes()
 
     def _setup_redis(self) -> None:
         from shared import redisconn
@@ -171,17 +167,9 @@ class ClusterHarness(FailoverHarness):
         ingress answers /readyz and every shard has a worker registered."""
         from shared import rqcompat
 
-        self.port = free_port()
         env = self._env()
-        self.sup.add(
-            "serve",
-            hookline("serve", "--host", "127.0.0.1", "--port", str(self.port)),
-            env,
-            self.logs / "serve.log",
-            self.code_root,
-        )
+        base = self._add_ingress(env)
         self.sup.add("worker", hookline("worker"), env, self.logs / "worker.log", self.code_root)
-        base = f"http://127.0.0.1:{self.port}"
         self._wait(lambda: http_status(f"{base}/readyz") == 200, 30, "the ingress being ready")
         queue = self.settings.queue
         self._wait(
@@ -201,71 +189,28 @@ class ClusterHarness(FailoverHarness):
         self._threads.append(thread)
 
     def _watch_cluster(self) -> None:
-        """Every 0.1 s after the kill: who another primary says serves the killed shard's
-        slot, the replica's role and its own replica; once the old primary is back, its role
-        and replication link. The first time each step is seen is marked."""
+        """Who another primary says serves the killed shard's slot, besides
+        :meth:`_watch_switch`'s steps."""
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         assert self.victim is not None and self.heir is not None
         victim, heir, slot = self.victim, self.heir, self.target.slot
         witness = next(
             p["primary_port"] for p in self.placement if p["primary_port"] != victim.port
         )
+        other = switch_client(witness)
 
-        def client(port: int) -> redis.Redis:
-            return redis.Redis(
-                host="127.0.0.1",
-                port=port,
-                socket_timeout=0.3,
-                socket_connect_timeout=0.3,
-                retry=Retry(NoBackoff(), 0),
-            )
+        def look() -> None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                ranges: Any = other.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                owner = next(
+                    (int(r[2][1]) for r in ranges if int(r[0]) <= (slot or 0) <= int(r[1])),
+                    None,
+                )
+                if owner == heir.port:
+                    self._mark("another primary names the replica as the slot's primary")
 
-        other, new, old = client(witness), client(heir.port), client(victim.port)
-        try:
-            while not self._stop_threads.wait(0.1):
-                if "killed" not in self.marks:
-                    continue
-                with contextlib.suppress(redis.RedisError, OSError):
-                    ranges: Any = other.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
-                    owner = next(
-                        (int(r[2][1]) for r in ranges if int(r[0]) <= (slot or 0) <= int(r[1])),
-                        None,
-                    )
-                    if owner == heir.port:
-                        self._mark("another primary names the replica as the slot's primary")
-                with contextlib.suppress(redis.RedisError, OSError):
-                    info: Any = new.info("replication")
-                    if info.get("role") == "master":
-                        self._mark("the replica is a primary (role master)")
-                        if any(
-                            isinstance(v, dict) and v.get("state") == "online"
-                            for k, v in info.items()
-                            if k.startswith("slave")
-                        ):
-                            self._mark("the new primary has a replica online")
-                if "old primary started again" in self.marks:
-                    with contextlib.suppress(redis.RedisError, OSError):
-                        info = old.info("replication")
-                        sample = {
-                            "t": round(time.time() - self.t0, 2),
-                            "role": info.get("role"),
-                            "link": info.get("master_link_status"),
-                            "master_port": info.get("master_port"),
-                        }
-                        if not self.role_samples or {
-                            k: v for k, v in self.role_samples[-1].items() if k != "t"
-                        } != {k: v for k, v in sample.items() if k != "t"}:
-                            self.role_samples.append(sample)
-                        if info.get("role") == "slave":
-                            self._mark("the old primary is a replica", of=info.get("master_port"))
-                            if info.get("master_link_status") == "up":
-                                self._mark("the old primary is in sync (link up)")
-        finally:
-            for c in (other, new, old):
-                c.close()
+        self._watch_switch(heir.port, victim.port, look, other)
 
     # -- the fault -------------------------------------------------------------------------
 
@@ -275,10 +220,7 @@ class ClusterHarness(FailoverHarness):
         kill (promoted or not, RESTART_AT_THE_LATEST_SECONDS after it at the latest)."""
         assert self.victim is not None
         node = self.victim
-        window: dict[str, Any] = {"killed_at": time.time()}
-        self.redis_windows.append(window)
-        self.marks["killed"] = window["killed_at"]
-        node.kill()  # SIGKILL to its process group, then reaped
+        self._kill(node)
         self.marks["dead"] = time.time()
         self.record(
             "kill -9 cluster primary",
@@ -309,15 +251,9 @@ class ClusterHarness(FailoverHarness):
         if self._stop_threads.wait(max(0.0, kill + self.args.restart_after - time.time())):
             return
         self._mark("old primary started again", port=old.port)
-        try:
+        with self._restarting(old):
             self.durations["rejoined_s"] = c.restart(old, timeout=30)
             self._mark("the old primary rejoined as a replica and the cluster settled")
-        except Exception as err:
-            self.errors.append(f"restarting the old primary failed: {err!r}")
-            self.record("restarting the old primary failed", error=repr(err))
-        finally:
-            if old.proc is not None:
-                self.topo_pids.append(old.proc.pid)
 
     # -- what Redis holds ------------------------------------------------------------------
 
@@ -355,27 +291,16 @@ class ClusterHarness(FailoverHarness):
         """Every key on every primary: under RQ's prefix or hookline's, and in one of the
         shards' hash slots (nothing of hookline's outside its shards)."""
         from redis.crc import key_slot
-        from rq.defaults import RQ_KEY_PREFIX
-
-        from shared import keys
 
         assert self.cluster is not None
-        allowed = (f"{RQ_KEY_PREFIX}:", keys.PREFIX)
         slots = {s.slot: s.index for s in self.layout.shards}
         names: list[bytes] = []
         for node in self.cluster.primaries():
             names += node.ask(lambda c: list(c.scan_iter(count=1000)))
-        text = [k.decode(errors="replace") for k in names]
-        outside = sorted(n for n in text if not n.startswith(allowed))
         stray = sorted(k.decode(errors="replace") for k in names if key_slot(k) not in slots)
-        per_shard = report.count(str(slots.get(key_slot(k), "none")) for k in names)
         return {
-            "rq_key_prefix": RQ_KEY_PREFIX,
-            "hookline_prefix": keys.PREFIX,
-            "keys": len(names),
-            "keys_by_shard": per_shard,
-            "outside_prefixes": outside[:50],
-            "outside_prefixes_count": len(outside),
+            **self.key_census(names),
+            "keys_by_shard": report.count(str(slots.get(key_slot(k), "none")) for k in names),
             "outside_shard_slots": stray[:50],
             "outside_shard_slots_count": len(stray),
         }
@@ -398,19 +323,9 @@ class ClusterHarness(FailoverHarness):
         kill, dead = self.marks.get("killed"), self.marks.get("dead")
         first_202: Attempt | None = None
         if kill is not None and dead is not None:
-            # a request sent once the old primary was gone, answered 202: by the new one
-            after = [
-                a for a in r.attempts if a.t >= dead and a.status == 202 and self.shard_of(a) == k
-            ]
-            first_202 = min(after, key=lambda a: a.t + a.latency, default=None)
-            # the switch, for report.ingress: from the kill to the moved shard's first 202
-            end = first_202.t + first_202.latency if first_202 else r.finished_at
-            self.redis_windows[0]["ready_at"] = end
-        tables = self.tables()
-        self.results["tables"] = report.table_counts(tables)
-        self.results["checks"] = report.checks(self, tables, drain)
-        self.results["ingress"] = report.ingress(self)
-        self.results["deliveries"] = report.deliveries(self)
+            # a request of the moved shard sent once the old primary was gone
+            first_202 = self._first_202(dead, lambda a: self.shard_of(a) == k)
+        report.measure_run(self, self.tables(), drain)
         acked = sorted(r.acked)
         lost = {tuple(x) for x in self.results["checks"]["lost"]}
         no_claim = self.claims_missing(acked)
@@ -421,27 +336,25 @@ class ClusterHarness(FailoverHarness):
             a for a in r.attempts if self.shard_of(a) != k and a.status not in (200, 202)
         ]
         s503 = [a for a in r.attempts if a.status == 503]
-        s503_latency = [a.latency for a in s503]
-
-        def answer(a: Attempt) -> str:
-            return str(a.status) if a.status is not None else str(a.error)
-
-        def since_kill(at: float | None) -> float | None:
-            return None if at is None or kill is None else round(at - kill, 2)
 
         def shown(a: Attempt) -> dict[str, Any]:
             return {
                 "event": [a.source, a.event_id],
                 "shard": self.shard_of(a),
-                "t_after_kill_s": since_kill(a.t),
-                "answer": answer(a),
+                "t_after_kill_s": self._since_kill(a.t),
+                "answer": report.answer(a),
                 "latency_s": round(a.latency, 3),
             }
 
-        by_shard: dict[str, dict[str, int]] = {}
-        for shard in self.layout.shards:
-            mine = [a for a in r.attempts if self.shard_of(a) == shard.index]
-            by_shard[str(shard.index)] = report.count(answer(a) for a in mine)
+        def answers(attempts: Sequence[Attempt]) -> dict[str, dict[str, int]]:
+            """Their answers, by shard."""
+            return {
+                str(s.index): report.count(
+                    report.answer(a) for a in attempts if self.shard_of(a) == s.index
+                )
+                for s in self.layout.shards
+            }
+
         end_primary: int | None = None
         old_role: dict[str, Any] = {}
         with contextlib.suppress(Exception):
@@ -450,6 +363,7 @@ class ClusterHarness(FailoverHarness):
         with contextlib.suppress(Exception):
             info = self.victim.ask(lambda c: c.info("replication"))
             old_role = {"role": info.get("role"), "master_port": info.get("master_port")}
+        first = self._switch_figures(first_202)
         self.results["cluster"] = {
             **self.results.pop("cluster_at_start", {}),
             "killed_shard": k,
@@ -460,43 +374,30 @@ class ClusterHarness(FailoverHarness):
             "ack_replicas_timeout_ms": self.args.ack_timeout_ms,
             "killed_at_s": None if kill is None else round(kill - self.t0, 2),
             "kill_took_s": None if kill is None or dead is None else round(dead - kill, 3),
-            "after_kill_s": {
-                name: since_kill(at) for name, at in self.marks.items() if name != "killed"
-            },
+            "after_kill_s": self._after_kill(),
             "promotion_wait_s": report.rnd(self.durations.get("promoted_s"), 2),
             "restart_to_rejoined_s": report.rnd(self.durations.get("rejoined_s"), 2),
-            "kill_to_first_202_on_moved_shard_s": None
-            if first_202 is None or kill is None
-            else round(first_202.t + first_202.latency - kill, 3),
-            "first_202_request_sent_after_kill_s": None
-            if first_202 is None or kill is None
-            else round(first_202.t - kill, 3),
+            "kill_to_first_202_on_moved_shard_s": first["to_202"],
+            "first_202_request_sent_after_kill_s": first["sent"],
             "requests_during_switch": len(switch),
-            "answers_during_switch_by_shard": {
-                str(s.index): report.count(answer(a) for a in switch if self.shard_of(a) == s.index)
-                for s in self.layout.shards
-            },
+            "answers_during_switch_by_shard": answers(switch),
             "other_shards_answers_during_switch": len(others),
             "other_shards_not_2xx_during_switch": [shown(a) for a in others_bad[:50]],
             "other_shards_not_2xx_whole_run": [shown(a) for a in all_bad_others[:50]],
             "other_shards_not_2xx_whole_run_count": len(all_bad_others),
-            "answers_by_shard": by_shard,
+            "answers_by_shard": answers(r.attempts),
             "answers_503": len(s503),
             "answers_503_by_shard": report.count(str(self.shard_of(a)) for a in s503),
             "answers_503_during_switch": sum(1 for a in s503 if self._in_switch(a)),
             "answers_503_not_of_killed_shard": [shown(a) for a in s503 if self.shard_of(a) != k],
-            "answers_503_max_s": report.rnd(max(s503_latency, default=0.0), 4),
-            "answers_503_p50_s": report.rnd(percentile(s503_latency, 50), 4),
-            "answers_503_1s_or_more": sum(1 for x in s503_latency if x >= MAX_503_SECONDS),
+            **report.slow_503s([a.latency for a in s503]),
             "acknowledged_by_shard": report.count(str(self.shard_of(x)) for x in acked),
             "lost": len(lost),
             "lost_events": [
                 {
                     "event": list(x),
                     "shard": self.shard_of((x[0], x[1])),
-                    "acknowledged_before_kill_s": None
-                    if kill is None
-                    else round(kill - r.acked[(x[0], x[1])][0], 3),
+                    "acknowledged_before_kill_s": self._acknowledged_before_kill((x[0], x[1])),
                 }
                 for x in sorted(lost)
             ],
@@ -510,29 +411,13 @@ class ClusterHarness(FailoverHarness):
             "old_primary_roles": self.role_samples,
             "shard_worker_exits": self.shard_worker_exits(),
         }
-        self.results["supervisor"] = {
-            "restarts": len(self.sup.restarts),
-            "unexpected_deaths": [
-                {
-                    "name": x.name,
-                    "pid": x.old_pid,
-                    "rc": x.returncode,
-                    "t": round(x.at - self.t0, 2),
-                }
-                for x in self.sup.restarts
-                if not x.expected
-            ],
-        }
+        self.results["supervisor"] = report.supervisor(self)
         self.results["redis_keys"] = self.redis_key_census()
 
     def targets(self) -> list[dict[str, Any]]:
         c, ing, cl = self.results["checks"], self.results["ingress"], self.results["cluster"]
         k = cl["killed_shard"]
-
-        def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
-            result = "n/a" if ok is None else ("PASS" if ok else "MISS")
-            return {"target": f"cluster: {name}", "result": result, "value": value}
-
+        row = report.rows("cluster: ")
         lost = len(c["lost"])
         dup = len(c["duplicated_effects"])
         n503 = cl["answers_503"]
@@ -598,18 +483,11 @@ class ClusterHarness(FailoverHarness):
                 f" was :{cl['replica_port']}); old primary :{cl['old_primary_port']}"
                 f" {cl['old_primary_at_end']}",
             ),
-            row(
-                "ingress never slower than 3 s",
-                ing["max_s"] < report.MAX_INGRESS_SECONDS and ing["client_timeouts_3s"] == 0,
-                f"p99 {ing['p99_s']} s, max {ing['max_s']} s,"
-                f" {ing['client_timeouts_3s']} client timeouts,"
-                f" {ing['connection_errors']} connection errors",
-            ),
-            row(
-                "no hookline process died",
-                not self.results["supervisor"]["unexpected_deaths"],
-                f"{len(self.results['supervisor']['unexpected_deaths'])} unexpected deaths;"
-                f" shard processes restarted by hookline worker: {exits or 'none'}",
+            report.ingress_row(row, ing),
+            report.deaths_row(
+                row,
+                self.results,
+                f"; shard processes restarted by hookline worker: {exits or 'none'}",
             ),
             row(
                 "every key in a shard's hash slot, under RQ's or hookline's prefix",
@@ -635,61 +513,28 @@ def stopped_row(res: dict[str, Any]) -> dict[str, Any]:
     """Every process the run started was stopped (known only after the teardown)."""
     procs = res.get("processes", {})
     alive = procs.get("still_alive")
-    ok = alive == []
-    return {
-        "target": "cluster: every process stopped at the end",
-        "result": "PASS" if ok else "MISS",
-        "value": f"{len(procs.get('process_groups', []))} hookline process groups,"
+    return report.rows("cluster: ")(
+        "every process stopped at the end",
+        alive == [],
+        f"{len(procs.get('process_groups', []))} hookline process groups,"
         f" {len(procs.get('redis_process_groups', []))} redis-server ones; still alive:"
         f" {alive}",
-    }
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python chaos/run.py --scenario cluster",
-        description="Redis Cluster under load: kill -9 of the primary holding one of three"
+    parser = switch_parser(
+        "cluster",
+        "Redis Cluster under load: kill -9 of the primary holding one of three"
         " shards, ack_replicas = 1 (see chaos/cluster.py)",
+        DEFAULT_OUT,
+        lambda p: p.add_argument(
+            "--shard",
+            type=int,
+            default=1,
+            help=f"the shard whose primary is killed, 0 to {SHARDS - 1} (default 1)",
+        ),
     )
-    parser.add_argument("--scenario", choices=["cluster"], default="cluster")
-    parser.add_argument("--seconds", type=float, default=60.0, help="sending time (default 60)")
-    parser.add_argument("--rate", type=float, default=40.0, help="new events/s (default 40)")
-    parser.add_argument(
-        "--kill-at", type=float, default=None, help="seconds into sending (default 1/3 of it)"
-    )
-    parser.add_argument(
-        "--restart-after",
-        type=float,
-        default=5.0,
-        help="start the old primary again this long after the kill, once the replica is"
-        " promoted (default 5)",
-    )
-    parser.add_argument(
-        "--shard",
-        type=int,
-        default=1,
-        help=f"the shard whose primary is killed, 0 to {SHARDS - 1} (default 1)",
-    )
-    parser.add_argument("--ack-timeout-ms", type=int, default=200, help="ack_replicas_timeout_ms")
-    parser.add_argument(
-        "--provider-retries",
-        default=",".join(f"{x:g}" for x in RETRY_DELAYS[1:]),
-        help="the sender's retry delays in seconds after a 5xx or no answer (default 5,30)",
-    )
-    parser.add_argument("--drain-timeout", type=float, default=120.0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="an existing PostgreSQL database to use (else one of our own on 127.0.0.1:5432)",
-    )
-    parser.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="run the processes from the tree itself, not from a copy taken at the start",
-    )
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep-workdir", action="store_true", help="keep logs even when all pass")
     args = parser.parse_args(argv)
     try:
         args.provider_retries = [float(x) for x in args.provider_retries.split(",") if x.strip()]
@@ -697,20 +542,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--provider-retries takes comma-separated numbers")
     if not 0 <= args.shard < SHARDS:
         parser.error(f"--shard takes 0 to {SHARDS - 1}")
-    if args.kill_at is None:
-        args.kill_at = args.seconds / 3
-    if not 0 < args.kill_at < args.seconds:
-        parser.error("--kill-at must fall within --seconds")
+    finish_kill_at(parser, args)
     if args.rate <= 0:
         parser.error("--rate must be positive")
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(1 << 30)
-    # what the main run's harness reads
-    args.minutes = args.seconds / 60
-    args.profile = "short"
-    args.workers = 1
-    args.fsync = "everysec"
-    args.system_postgres = True
+    finish_scenario_args(args, args.seconds / 60, 1)
     return args
 
 
@@ -752,30 +587,16 @@ def print_summary(results: dict[str, Any]) -> None:
     )
     if results.get("harness_errors"):
         print(f"harness notes: {results['harness_errors']}")
-    report.print_targets(results.get("targets", []))
-    print(f"results: {results['out']}")
+    report.print_end(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    started = time.time()
-    results: dict[str, Any] = {
-        "scenario": "cluster",
-        "command": command,
-        "seconds": args.seconds,
-        "rate": args.rate,
-        "kill_at_s": args.kill_at,
-        "restart_after_s": args.restart_after,
-        "provider_retries_s": args.provider_retries,
-        "seed": args.seed,
-    }
-    results.update(run(args))
-    results["out"] = str(args.out)
-    results["wall_seconds"] = round(time.time() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    print_summary(results)
-    return int(results["exit_status"])
+
+    def run_all(results: dict[str, Any]) -> int:
+        results.update(switch_header(args))
+        results.update(run(args))
+        results["out"] = str(args.out)
+        return int(results["exit_status"])
+
+    return scenario_main("cluster", args, argv, run_all, print_summary)

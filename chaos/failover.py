@@ -34,22 +34,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
-import random
-import secrets
-import signal
-import sys
+import functools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaos import report
-from chaos.harness import Harness, _raise_interrupt, run_scenario_mode
+from chaos.harness import (
+    Harness,
+    add_scenario_options,
+    finish_scenario_args,
+    run_modes,
+    run_scenario_mode,
+    scenario_main,
+)
 from chaos.sender import RETRY_DELAYS, Attempt, Key, Mix, Sender
-from tests.processes import ROOT, percentile, processes_in_groups
-from tests.redis_topology import SERVICE, Topology, restart_as_replica, sentinel_topology
+from tests.processes import ROOT, processes_in_groups
+from tests.redis_topology import SERVICE, Node, Topology, restart_as_replica, sentinel_topology
+
+if TYPE_CHECKING:
+    import redis
 
 DEFAULT_OUT = ROOT / "chaos" / "results" / "failover-latest.json"
 #: an answer during the switch must come within this (a 503 is only useful if it is quick)
@@ -58,6 +64,22 @@ MAX_503_SECONDS = report.MAX_503_SECONDS
 RESTART_AT_THE_LATEST_SECONDS = 20.0
 #: queues idle and nothing more applied for this long: what is missing now stays missing
 SETTLE_SECONDS = 8.0
+
+
+def switch_client(port: int) -> redis.Redis:
+    """A client of the node on 127.0.0.1:``port`` that gives up fast (0.3 s, no retry): for
+    watching a switch every 0.1 s."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=0.3,
+        socket_connect_timeout=0.3,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 class FailoverHarness(Harness):
@@ -91,13 +113,17 @@ class FailoverHarness(Harness):
 
     # -- setup -----------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def plan(self) -> str:
+        """The run, said as it starts."""
         a = self.args
-        self.say(
+        return (
             f"failover, ack_replicas = {self.ack_replicas}: {a.seconds:.0f} s at {a.rate}/s,"
             f" kill -9 of the primary at {a.kill_at:.0f} s, restarted {a.restart_after:.0f} s"
             f" later; 1 ingress, 2 workers; work dir {self.work}"
         )
+
+    def setup(self) -> None:
+        self.say(self.plan())
         self.snapshot()
         self._setup_database()
         self._setup_redis()
@@ -121,33 +147,12 @@ class FailoverHarness(Harness):
         from shared.config import load_settings
 
         assert self.topo is not None
-        keys = {name: secrets.token_urlsafe(24) for name in ("moncash", "flaky", "poison")}
-        hmac_source = (
-            'scheme = "hmac"\nsecrets = ["{key}"]\nevent_id = "json:id"\nevent_type = "json:type"\n'
+        text = self.config_text(
+            "chaos/run.py --scenario failover",
+            self.topo.url,
+            ingest=f"ack_replicas = {self.ack_replicas}\n"
+            f"ack_replicas_timeout_ms = {self.args.ack_timeout_ms}",
         )
-        text = f"""# written by chaos/run.py --scenario failover
-redis_url = "{self.topo.url}"
-database_url = "{self.db_url}"
-queue = "hookline"
-
-[ingest]
-ack_replicas = {self.ack_replicas}
-ack_replicas_timeout_ms = {self.args.ack_timeout_ms}
-
-[worker]
-max_attempts = 5
-backoff_seconds = [1, 2, 5]
-job_timeout_seconds = {self.profile.job_timeout}
-handlers = ["chaos.handlers"]
-
-[sources.moncash]
-scheme = "moncash"
-secrets = ["{keys["moncash"]}"]
-
-[sources.flaky]
-{hmac_source.format(key=keys["flaky"])}
-[sources.poison]
-{hmac_source.format(key=keys["poison"])}"""
         self.config_path.write_text(text)
         self.settings = load_settings(self.config_path)
 
@@ -164,82 +169,108 @@ secrets = ["{keys["moncash"]}"]
             self.record(name, **details)
 
     def _watch_roles(self) -> None:
-        """Every 0.1 s: which primary the sentinels name, and, once the old primary is back,
-        its role and replication link; the first time each step is seen is marked."""
+        """Which primary the sentinels name, besides :meth:`_watch_switch`'s steps."""
         import redis
 
         assert self.topo is not None
         t = self.topo
+        sentinels = [switch_client(s.port) for s in t.sentinels]
 
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        def look() -> None:
+            named: list[int | None] = []
+            for s in sentinels:
+                try:
+                    addr: Any = s.sentinel_get_master_addr_by_name(SERVICE)
+                    named.append(int(addr[1]) if addr else None)
+                except (redis.RedisError, OSError):
+                    named.append(None)
+            if t.replica.port in named:
+                self._mark("a sentinel names the replica as primary", sentinels=named)
+            if all(p == t.replica.port for p in named):
+                self._mark("every sentinel names the replica as primary")
 
-        def client(port: int) -> redis.Redis:
-            return redis.Redis(
-                host="127.0.0.1",
-                port=port,
-                socket_timeout=0.3,
-                socket_connect_timeout=0.3,
-                retry=Retry(NoBackoff(), 0),
-            )
+        self._watch_switch(t.replica.port, t.primary.port, look, *sentinels)
 
-        sentinels = [client(s.port) for s in t.sentinels]
-        old, new = client(t.primary.port), client(t.replica.port)
+    def _watch_switch(
+        self, heir: int, old: int, look: Callable[[], None], *others: redis.Redis
+    ) -> None:
+        """Every 0.1 s after the kill: ``look()`` (who the topology names as primary), the
+        role of the replica on port ``heir`` and its own replica; once the old primary (port
+        ``old``) is back, its role and replication link. The first time each step is seen
+        is marked. ``others``, ``look``'s clients, are closed at the end."""
+        import redis
+
+        new, back = switch_client(heir), switch_client(old)
         try:
             while not self._stop_threads.wait(0.1):
                 if "killed" not in self.marks:
                     continue
-                named: list[int | None] = []
-                for s in sentinels:
-                    try:
-                        addr: Any = s.sentinel_get_master_addr_by_name(SERVICE)
-                        named.append(int(addr[1]) if addr else None)
-                    except (redis.RedisError, OSError):
-                        named.append(None)
-                if t.replica.port in named:
-                    self._mark("a sentinel names the replica as primary", sentinels=named)
-                if all(p == t.replica.port for p in named):
-                    self._mark("every sentinel names the replica as primary")
+                look()
                 with contextlib.suppress(redis.RedisError, OSError):
-                    info: Any = new.info("replication")
-                    if info.get("role") == "master":
-                        self._mark("the replica is a primary (role master)")
-                        if any(
-                            isinstance(v, dict) and v.get("state") == "online"
-                            for k, v in info.items()
-                            if k.startswith("slave")
-                        ):
-                            self._mark("the new primary has a replica online")
+                    self._look_at_heir(new.info("replication"))
                 if "old primary started again" in self.marks:
                     with contextlib.suppress(redis.RedisError, OSError):
-                        info = old.info("replication")
-                        sample = {
-                            "t": round(time.time() - self.t0, 2),
-                            "role": info.get("role"),
-                            "link": info.get("master_link_status"),
-                            "master_port": info.get("master_port"),
-                        }
-                        if not self.role_samples or {
-                            k: v for k, v in self.role_samples[-1].items() if k != "t"
-                        } != {k: v for k, v in sample.items() if k != "t"}:
-                            self.role_samples.append(sample)
-                        if info.get("role") == "slave":
-                            self._mark("the old primary is a replica", of=info.get("master_port"))
-                            if info.get("master_link_status") == "up":
-                                self._mark("the old primary is in sync (link up)")
+                        self._look_at_old(back.info("replication"))
         finally:
-            for c in (*sentinels, old, new):
+            for c in (*others, back, new):
                 c.close()
 
+    def _look_at_heir(self, info: Any) -> None:
+        """The promoted replica's INFO replication: a primary yet, with a replica online?"""
+        if info.get("role") == "master":
+            self._mark("the replica is a primary (role master)")
+            if any(
+                isinstance(v, dict) and v.get("state") == "online"
+                for k, v in info.items()
+                if k.startswith("slave")
+            ):
+                self._mark("the new primary has a replica online")
+
+    def _look_at_old(self, info: Any) -> None:
+        """The old primary's INFO replication once it is back: its role and link (each
+        change kept in ``role_samples``), a replica yet, in sync?"""
+        sample = {
+            "t": round(time.time() - self.t0, 2),
+            "role": info.get("role"),
+            "link": info.get("master_link_status"),
+            "master_port": info.get("master_port"),
+        }
+        if not self.role_samples or {
+            k: v for k, v in self.role_samples[-1].items() if k != "t"
+        } != {k: v for k, v in sample.items() if k != "t"}:
+            self.role_samples.append(sample)
+        if info.get("role") == "slave":
+            self._mark("the old primary is a replica", of=info.get("master_port"))
+            if info.get("master_link_status") == "up":
+                self._mark("the old primary is in sync (link up)")
+
     # -- the fault -------------------------------------------------------------------------
+
+    def _kill(self, node: Node) -> None:
+        """``kill -9`` of ``node`` (SIGKILL to its process group, then reaped): the switch
+        starts."""
+        window: dict[str, Any] = {"killed_at": time.time()}
+        self.redis_windows.append(window)
+        self.marks["killed"] = window["killed_at"]
+        node.kill()
+
+    @contextlib.contextmanager
+    def _restarting(self, node: Node) -> Iterator[None]:
+        """Around starting the old primary ``node`` again: a failure is noted (the run goes
+        on), and its new process is one of the Redis processes the teardown stops."""
+        try:
+            yield
+        except Exception as err:
+            self.errors.append(f"restarting the old primary failed: {err!r}")
+            self.record("restarting the old primary failed", error=repr(err))
+        finally:
+            if node.proc is not None:
+                self.topo_pids.append(node.proc.pid)
 
     def kill_primary(self) -> float | None:
         assert self.topo is not None
         node = self.topo.primary
-        window: dict[str, Any] = {"killed_at": time.time()}
-        self.redis_windows.append(window)
-        self.marks["killed"] = window["killed_at"]
-        node.kill()  # SIGKILL to its process group, then reaped
+        self._kill(node)
         self.record("kill -9 redis primary", port=node.port)
         self.schedule(self.args.restart_after, "restart the old primary", self.restart_old, True)
         return None
@@ -256,15 +287,9 @@ secrets = ["{keys["moncash"]}"]
         topo = self.topo
 
         def restart() -> None:
-            try:
+            with self._restarting(topo.primary):
                 restart_as_replica(topo, topo.primary)
                 self.marks.setdefault("restart_as_replica returned", time.time())
-            except Exception as err:
-                self.errors.append(f"restarting the old primary failed: {err!r}")
-                self.record("restarting the old primary failed", error=repr(err))
-            finally:
-                if topo.primary.proc is not None:
-                    self.topo_pids.append(topo.primary.proc.pid)
 
         self._mark("old primary started again", port=topo.primary.port, promoted=promoted)
         self._restarter = threading.Thread(target=restart, name="chaos-restart", daemon=True)
@@ -347,69 +372,77 @@ secrets = ["{keys["moncash"]}"]
         found = claims_held(self.rclient, spec, acked)
         return [k for k, n in zip(acked, found, strict=True) if not n]
 
+    def _first_202(
+        self, since: float, of: Callable[[Attempt], bool] = lambda _a: True
+    ) -> Attempt | None:
+        """The first answer 202 (the first to come back) to a request sent at ``since`` or
+        later, of the events ``of`` keeps: by the new primary. The switch, for
+        report.ingress, lasts from the kill until then (none: until the sender's end)."""
+        assert self.sender is not None
+        r = self.sender.result
+        after = [a for a in r.attempts if a.t >= since and a.status == 202 and of(a)]
+        first = min(after, key=lambda a: a.t + a.latency, default=None)
+        self.redis_windows[0]["ready_at"] = first.t + first.latency if first else r.finished_at
+        return first
+
+    def _switch_figures(self, first_202: Attempt | None) -> dict[str, Any]:
+        """From the kill (none: all None) to the first 202's answer, then to the sending
+        of its request; keyed ``to_202`` and ``sent``."""
+        kill = self.marks.get("killed")
+        if first_202 is None or kill is None:
+            return {"to_202": None, "sent": None}
+        return {
+            "to_202": round(first_202.t + first_202.latency - kill, 3),
+            "sent": round(first_202.t - kill, 3),
+        }
+
+    def _since_kill(self, at: float | None) -> float | None:
+        kill = self.marks.get("killed")
+        return None if at is None or kill is None else round(at - kill, 2)
+
+    def _acknowledged_before_kill(self, key: Key) -> float | None:
+        assert self.sender is not None
+        kill = self.marks.get("killed")
+        return None if kill is None else round(kill - self.sender.result.acked[key][0], 3)
+
+    def _after_kill(self) -> dict[str, float | None]:
+        """Each step of the switch seen, in seconds after the kill."""
+        return {name: self._since_kill(at) for name, at in self.marks.items() if name != "killed"}
+
     def measure(self, drain: dict[str, Any]) -> None:
         assert self.sender is not None and self.topo is not None
         r = self.sender.result
         kill = self.marks.get("killed")
         tables = self.tables()
-        first_202: Attempt | None = None
-        if kill is not None:
-            after = [a for a in r.attempts if a.t >= kill and a.status == 202]
-            first_202 = min(after, key=lambda a: a.t + a.latency, default=None)
-            # the switch, for report.ingress: from the kill until the new primary's first 202
-            end = first_202.t + first_202.latency if first_202 else r.finished_at
-            self.redis_windows[0]["ready_at"] = end
-        self.results["tables"] = report.table_counts(tables)
-        self.results["checks"] = report.checks(self, tables, drain)
-        self.results["ingress"] = report.ingress(self)
-        self.results["deliveries"] = report.deliveries(self)
+        first_202 = None if kill is None else self._first_202(kill)
+        report.measure_run(self, tables, drain)
         acked = sorted(r.acked)
         lost = {tuple(k) for k in self.results["checks"]["lost"]}
         no_claim = self.claims_missing(acked)
         switch = [a for a in r.attempts if kill is not None and self._in_switch(a)]
         s503 = [a.latency for a in switch if a.status == 503]
-
-        def rel(name: str) -> float | None:
-            at = self.marks.get(name)
-            return None if at is None or kill is None else round(at - kill, 2)
-
+        first = self._switch_figures(first_202)
         self.results["failover"] = {
             "ack_replicas": self.ack_replicas,
             "ack_replicas_timeout_ms": self.args.ack_timeout_ms,
             "killed_at_s": None if kill is None else round(kill - self.t0, 2),
-            "after_kill_s": {name: rel(name) for name in self.marks if name != "killed"},
-            "kill_to_first_202_s": None
-            if first_202 is None or kill is None
-            else round(first_202.t + first_202.latency - kill, 3),
-            "first_202_request_sent_after_kill_s": None
-            if first_202 is None or kill is None
-            else round(first_202.t - kill, 3),
+            "after_kill_s": self._after_kill(),
+            "kill_to_first_202_s": first["to_202"],
+            "first_202_request_sent_after_kill_s": first["sent"],
             "requests_during_switch": len(switch),
-            "answers_during_switch": report.count(
-                str(a.status) if a.status is not None else str(a.error) for a in switch
-            ),
+            "answers_during_switch": report.count(report.answer(a) for a in switch),
             "answers_503": len(s503),
-            "answers_503_max_s": report.rnd(max(s503, default=0.0), 4),
-            "answers_503_p50_s": report.rnd(percentile(s503, 50), 4),
-            "answers_503_p99_s": report.rnd(percentile(s503, 99), 4),
-            "answers_503_1s_or_more": sum(1 for x in s503 if x >= MAX_503_SECONDS),
+            **report.slow_503s(s503, (50, 99)),
             "lost": len(lost),
             "lost_events": [
-                {
-                    "event": list(k),
-                    "acknowledged_before_kill_s": None
-                    if kill is None
-                    else round(kill - r.acked[k][0], 3),
-                }
+                {"event": list(k), "acknowledged_before_kill_s": self._acknowledged_before_kill(k)}
                 for k in sorted(lost)
             ],
             "claims_missing_on_new_primary": len(no_claim),
             "claims_missing_events": [
                 {
                     "event": list(k),
-                    "acknowledged_before_kill_s": None
-                    if kill is None
-                    else round(kill - r.acked[k][0], 3),
+                    "acknowledged_before_kill_s": self._acknowledged_before_kill(k),
                     "in_a_table": k not in lost,
                 }
                 for k in no_claim[:50]
@@ -419,15 +452,7 @@ secrets = ["{keys["moncash"]}"]
             "old_primary_port": self.topo.primary.port,
             "old_primary_roles": self.role_samples,
         }
-        t0 = self.t0
-        self.results["supervisor"] = {
-            "restarts": len(self.sup.restarts),
-            "unexpected_deaths": [
-                {"name": x.name, "pid": x.old_pid, "rc": x.returncode, "t": round(x.at - t0, 2)}
-                for x in self.sup.restarts
-                if not x.expected
-            ],
-        }
+        self.results["supervisor"] = report.supervisor(self)
         self.results["redis_keys"] = self.redis_key_census()
 
     def _in_switch(self, a: Attempt) -> bool:
@@ -435,12 +460,7 @@ secrets = ["{keys["moncash"]}"]
 
     def targets(self) -> list[dict[str, Any]]:
         c, ing, fo = self.results["checks"], self.results["ingress"], self.results["failover"]
-        mode = f"ack_replicas = {self.ack_replicas}:"
-
-        def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
-            result = "n/a" if ok is None else ("PASS" if ok else "MISS")
-            return {"target": f"{mode} {name}", "result": result, "value": value}
-
+        row = report.rows(f"ack_replicas = {self.ack_replicas}: ")
         lost = len(c["lost"])
         dup = len(c["duplicated_effects"])
         n503 = fo["answers_503"]
@@ -466,18 +486,8 @@ secrets = ["{keys["moncash"]}"]
                 f" old primary in sync after"
                 f" {fo['after_kill_s'].get('the old primary is in sync (link up)')} s)",
             ),
-            row(
-                "ingress never slower than 3 s",
-                ing["max_s"] < report.MAX_INGRESS_SECONDS and ing["client_timeouts_3s"] == 0,
-                f"p99 {ing['p99_s']} s, max {ing['max_s']} s,"
-                f" {ing['client_timeouts_3s']} client timeouts,"
-                f" {ing['connection_errors']} connection errors",
-            ),
-            row(
-                "no hookline process died",
-                not self.results["supervisor"]["unexpected_deaths"],
-                f"{len(self.results['supervisor']['unexpected_deaths'])} unexpected deaths",
-            ),
+            report.ingress_row(row, ing),
+            report.deaths_row(row, self.results),
         ]
 
     # -- teardown --------------------------------------------------------------------------
@@ -502,13 +512,19 @@ secrets = ["{keys["moncash"]}"]
         procs["still_alive"] = sorted(set(procs.get("still_alive", [])) | set(left))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def switch_parser(
+    scenario: str,
+    description: str,
+    default_out: Path,
+    add_own: Callable[[argparse.ArgumentParser], object],
+) -> argparse.ArgumentParser:
+    """The options of a scenario that kills a Redis primary under load: ``--seconds``,
+    ``--rate``, ``--kill-at``, ``--restart-after``, the scenario's own (``add_own``),
+    ``--ack-timeout-ms``, ``--provider-retries``, then :func:`add_scenario_options`'."""
     parser = argparse.ArgumentParser(
-        prog="python chaos/run.py --scenario failover",
-        description="Redis failover under load: kill -9 of the primary behind Sentinel, once"
-        " per ack_replicas mode (see chaos/failover.py)",
+        prog=f"python chaos/run.py --scenario {scenario}", description=description
     )
-    parser.add_argument("--scenario", choices=["failover"], default="failover")
+    parser.add_argument("--scenario", choices=[scenario], default=scenario)
     parser.add_argument("--seconds", type=float, default=60.0, help="sending time (default 60)")
     parser.add_argument("--rate", type=float, default=40.0, help="new events/s (default 40)")
     parser.add_argument(
@@ -521,31 +537,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start the old primary again this long after the kill, once the replica is"
         " promoted (default 5)",
     )
-    parser.add_argument(
-        "--modes",
-        default="1,0",
-        help="ack_replicas values to run, in order (default 1,0: both)",
-    )
+    add_own(parser)
     parser.add_argument("--ack-timeout-ms", type=int, default=200, help="ack_replicas_timeout_ms")
     parser.add_argument(
         "--provider-retries",
         default=",".join(f"{x:g}" for x in RETRY_DELAYS[1:]),
         help="the sender's retry delays in seconds after a 5xx or no answer (default 5,30)",
     )
-    parser.add_argument("--drain-timeout", type=float, default=120.0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="an existing PostgreSQL database to use (else one of our own on 127.0.0.1:5432)",
+    add_scenario_options(parser, default_out)
+    return parser
+
+
+def finish_kill_at(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--kill-at``: a third of ``--seconds`` by default, and within them."""
+    if args.kill_at is None:
+        args.kill_at = args.seconds / 3
+    if not 0 < args.kill_at < args.seconds:
+        parser.error("--kill-at must fall within --seconds")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = switch_parser(
+        "failover",
+        "Redis failover under load: kill -9 of the primary behind Sentinel, once"
+        " per ack_replicas mode (see chaos/failover.py)",
+        DEFAULT_OUT,
+        lambda p: p.add_argument(
+            "--modes",
+            default="1,0",
+            help="ack_replicas values to run, in order (default 1,0: both)",
+        ),
     )
-    parser.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="run the processes from the tree itself, not from a copy taken at the start",
-    )
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep-workdir", action="store_true", help="keep logs even when all pass")
     args = parser.parse_args(argv)
     try:
         args.modes = [int(x) for x in args.modes.split(",") if x.strip()]
@@ -554,19 +576,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--modes and --provider-retries are comma-separated numbers")
     if not args.modes or any(m not in (0, 1) for m in args.modes):
         parser.error("--modes takes 0 and/or 1")
-    if args.kill_at is None:
-        args.kill_at = args.seconds / 3
-    if not 0 < args.kill_at < args.seconds:
-        parser.error("--kill-at must fall within --seconds")
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(1 << 30)
-    # what the main run's harness reads
-    args.minutes = args.seconds / 60
-    args.profile = "short"
-    args.workers = 2
-    args.fsync = "everysec"
-    args.system_postgres = True
+    finish_kill_at(parser, args)
+    finish_scenario_args(args, args.seconds / 60, 2)
     return args
+
+
+def switch_header(args: argparse.Namespace) -> dict[str, Any]:
+    """A kill scenario's options, at the head of its results."""
+    return {
+        "seconds": args.seconds,
+        "rate": args.rate,
+        "kill_at_s": args.kill_at,
+        "restart_after_s": args.restart_after,
+        "provider_retries_s": args.provider_retries,
+        "seed": args.seed,
+    }
 
 
 def run_mode(args: argparse.Namespace, ack_replicas: int) -> dict[str, Any]:
@@ -594,40 +618,16 @@ def print_summary(results: dict[str, Any]) -> None:
         )
         if res.get("harness_errors"):
             print(f"  harness notes: {res['harness_errors']}")
-    report.print_targets(results["targets"])
-    print(f"results: {results['out']}")
+    report.print_end(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    started = time.time()
-    results: dict[str, Any] = {
-        "scenario": "failover",
-        "command": command,
-        "seconds": args.seconds,
-        "rate": args.rate,
-        "kill_at_s": args.kill_at,
-        "restart_after_s": args.restart_after,
-        "provider_retries_s": args.provider_retries,
-        "seed": args.seed,
-        "modes": {},
-        "targets": [],
-        "out": str(args.out),
-    }
-    status = 0
-    for mode in args.modes:
-        res = run_mode(args, mode)
-        results["modes"][f"ack_replicas_{mode}"] = res
-        results["targets"] += res.get("targets", [])
-        status = max(status, res["exit_status"])
-        if res["exit_status"] in (2, 130):
-            break
-    results["wall_seconds"] = round(time.time() - started, 1)
-    results["exit_status"] = status
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    print_summary(results)
-    return status
+
+    def run(results: dict[str, Any]) -> int:
+        results.update(switch_header(args))
+        results.update({"modes": {}, "targets": [], "out": str(args.out)})
+        modes = [(f"ack_replicas_{m}", functools.partial(run_mode, args, m)) for m in args.modes]
+        return run_modes(results, modes)
+
+    return scenario_main("failover", args, argv, run, print_summary)

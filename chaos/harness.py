@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -402,11 +404,9 @@ secrets = ["{keys["moncash"]}"]
             **{STATE_ENV: str(self.state), SLOW_ENV: str(self.profile.slow_seconds)},
         )
 
-    def _start_processes(self) -> None:
-        from rq import Worker
-
+    def _add_ingress(self, env: dict[str, str]) -> str:
+        """``hookline serve`` on a free port, under the supervisor; its base URL."""
         self.port = free_port()
-        env = self._env()
         self.sup.add(
             "serve",
             hookline("serve", "--host", "127.0.0.1", "--port", str(self.port)),
@@ -414,6 +414,13 @@ secrets = ["{keys["moncash"]}"]
             self.logs / "serve.log",
             self.code_root,
         )
+        return f"http://127.0.0.1:{self.port}"
+
+    def _start_processes(self) -> None:
+        from rq import Worker
+
+        env = self._env()
+        base = self._add_ingress(env)
         for i in range(1, self.profile.workers + 1):
             self.sup.add(
                 f"worker-{i}",
@@ -422,7 +429,6 @@ secrets = ["{keys["moncash"]}"]
                 self.logs / f"worker-{i}.log",
                 self.code_root,
             )
-        base = f"http://127.0.0.1:{self.port}"
         self._wait(lambda: http_status(f"{base}/readyz") == 200, 30, "the ingress being ready")
         self._wait(
             lambda: Worker.count(connection=self.rclient) >= self.profile.workers,
@@ -1005,12 +1011,17 @@ secrets = ["{keys["moncash"]}"]
         RQ's prefix or hookline's. With a non-default ``RQ_KEY_PREFIX`` this shows that no
         process of the run (ingress, workers, RQ's scheduler, ``dlq replay``, this harness)
         named an RQ key by hand."""
+        return self.key_census(list(self.rclient.scan_iter(count=1000)))
+
+    @staticmethod
+    def key_census(found: Sequence[bytes]) -> dict[str, Any]:
+        """The keys ``found`` against the two prefixes: RQ's and hookline's."""
         from rq.defaults import RQ_KEY_PREFIX
 
         from shared import keys
 
         allowed = (f"{RQ_KEY_PREFIX}:", keys.PREFIX)
-        names = [k.decode(errors="replace") for k in self.rclient.scan_iter(count=1000)]
+        names = [k.decode(errors="replace") for k in found]
         outside = sorted(n for n in names if not n.startswith(allowed))
         return {
             "rq_key_prefix": RQ_KEY_PREFIX,
@@ -1196,6 +1207,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="use a database of our own on 127.0.0.1:5432 instead of a cluster of our own",
     )
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 30)
+    if args.workers < 2:
+        parser.error("--workers must be at least 2")
+    return args
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Every run's last options: ``--no-snapshot``, ``--seed``, ``--keep-workdir``."""
     parser.add_argument(
         "--no-snapshot",
         action="store_true",
@@ -1203,12 +1225,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs even when all pass")
-    args = parser.parse_args(argv)
+
+
+def add_scenario_options(parser: argparse.ArgumentParser, default_out: Path) -> None:
+    """A scenario's (``--scenario failover``, ``redis-full``, ``cluster``) last options:
+    ``--drain-timeout``, ``--out``, ``--database-url``, then :func:`add_run_options`'."""
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="an existing PostgreSQL database to use (else one of our own on 127.0.0.1:5432)",
+    )
+    add_run_options(parser)
+
+
+def finish_scenario_args(args: argparse.Namespace, minutes: float, workers: int) -> None:
+    """A scenario's parsed options completed: a random ``--seed`` when none was given, and
+    what the main run's harness reads (a short profile of ``minutes`` and ``workers``, AOF
+    ``everysec``, a database of our own on the system's PostgreSQL)."""
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 30)
-    if args.workers < 2:
-        parser.error("--workers must be at least 2")
-    return args
+    args.minutes = minutes
+    args.profile = "short"
+    args.workers = workers
+    args.fsync = "everysec"
+    args.system_postgres = True
 
 
 def run_scenario_mode(
@@ -1220,7 +1262,6 @@ def run_scenario_mode(
     traceback; everything is stopped, and the results carry ``mode``, where and when it ran
     and its exit status (0 every check PASS, 1 a MISS, 2 aborted, 130 interrupted)."""
     import datetime as dt
-    import sys
     import traceback
 
     status = 2
@@ -1255,3 +1296,45 @@ def run_scenario_mode(
             }
         )
     return dict(harness.results)
+
+
+def run_modes(
+    results: dict[str, Any], modes: Iterable[tuple[str, Callable[[], dict[str, Any]]]]
+) -> int:
+    """A scenario's modes (name, run) in turn, until one aborts or is interrupted: each
+    one's results under ``results["modes"][name]``, its targets added to
+    ``results["targets"]``; the worst exit status."""
+    status = 0
+    for name, run in modes:
+        res = run()
+        results["modes"][name] = res
+        results["targets"] += res.get("targets", [])
+        status = max(status, res["exit_status"])
+        if res["exit_status"] in (2, 130):
+            break
+    return status
+
+
+def scenario_main(
+    scenario: str,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    run: Callable[[dict[str, Any]], int],
+    print_summary: Callable[[dict[str, Any]], None],
+) -> int:
+    """A scenario's command: SIGTERM and SIGHUP interrupt it (its runs stop everything they
+    started); ``run`` adds to the results (after ``scenario`` and ``command``) and returns
+    the exit status; the results, with ``wall_seconds`` and ``exit_status``, are written to
+    ``args.out`` as JSON, then ``print_summary`` shows them."""
+    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    started = time.time()
+    results: dict[str, Any] = {"scenario": scenario, "command": command}
+    status = run(results)
+    results["wall_seconds"] = round(time.time() - started, 1)
+    results["exit_status"] = status
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print_summary(results)
+    return status

@@ -31,19 +31,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import random
-import secrets
-import signal
-import sys
+import functools
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from chaos import report
-from chaos.harness import Harness, _raise_interrupt, http_status, run_scenario_mode
+from chaos.harness import (
+    Harness,
+    add_scenario_options,
+    finish_scenario_args,
+    http_status,
+    run_modes,
+    run_scenario_mode,
+    scenario_main,
+)
 from chaos.sender import Attempt, Mix, Sender
 from chaos.services import RedisServer
 from tests.processes import ROOT, free_port, hookline
@@ -129,46 +132,17 @@ class RedisFullHarness(Harness):
         from shared.config import load_settings
 
         assert self.redis is not None
-        keys = {name: secrets.token_urlsafe(24) for name in ("moncash", "flaky", "poison")}
-        hmac_source = (
-            'scheme = "hmac"\nsecrets = ["{key}"]\nevent_id = "json:id"\nevent_type = "json:type"\n'
+        text = self.config_text(
+            "chaos/run.py --scenario redis-full",
+            self.redis.url,
+            ingest=f"shed_at_memory_percent = {self.shed}",
         )
-        text = f"""# written by chaos/run.py --scenario redis-full
-redis_url = "{self.redis.url}"
-database_url = "{self.db_url}"
-queue = "hookline"
-
-[ingest]
-shed_at_memory_percent = {self.shed}
-
-[worker]
-max_attempts = 5
-backoff_seconds = [1, 2, 5]
-job_timeout_seconds = {self.profile.job_timeout}
-handlers = ["chaos.handlers"]
-
-[sources.moncash]
-scheme = "moncash"
-secrets = ["{keys["moncash"]}"]
-
-[sources.flaky]
-{hmac_source.format(key=keys["flaky"])}
-[sources.poison]
-{hmac_source.format(key=keys["poison"])}"""
         self.config_path.write_text(text)
         self.settings = load_settings(self.config_path)
 
     def _start_processes(self) -> None:
         """The ingress only: the workers start once Redis is full."""
-        self.port = free_port()
-        self.sup.add(
-            "serve",
-            hookline("serve", "--host", "127.0.0.1", "--port", str(self.port)),
-            self._env(),
-            self.logs / "serve.log",
-            self.code_root,
-        )
-        base = f"http://127.0.0.1:{self.port}"
+        base = self._add_ingress(self._env())
         self._wait(lambda: http_status(f"{base}/readyz") == 200, 30, "the ingress being ready")
         self.say(f"ingress on {base}, no worker yet")
 
@@ -347,10 +321,7 @@ secrets = ["{keys["moncash"]}"]
             # the "outage", for report.ingress: from the first 503 to the first 202 again
             self.redis_windows.append({"killed_at": full_at, "ready_at": back or r.finished_at})
         tables = self.tables()
-        self.results["tables"] = report.table_counts(tables)
-        self.results["checks"] = report.checks(self, tables, drain)
-        self.results["ingress"] = report.ingress(self)
-        self.results["deliveries"] = report.deliveries(self)
+        report.measure_run(self, tables, drain)
         effects = tables["effects"]
         not_once = [
             {"event": list(k), "effect_rows": effects[k].n if k in effects else 0}
@@ -392,30 +363,13 @@ secrets = ["{keys["moncash"]}"]
             "redis": redis_figs,
             "memory_samples": len(self.samples),
         }
-        self.results["supervisor"] = {
-            "restarts": len(self.sup.restarts),
-            "unexpected_deaths": [
-                {
-                    "name": x.name,
-                    "pid": x.old_pid,
-                    "rc": x.returncode,
-                    "t": round(x.at - self.t0, 2),
-                }
-                for x in self.sup.restarts
-                if not x.expected
-            ],
-        }
+        self.results["supervisor"] = report.supervisor(self)
         self.results["redis_keys"] = self.redis_key_census()
 
     def targets(self) -> list[dict[str, Any]]:
         c, ing, rf = self.results["checks"], self.results["ingress"], self.results["redis_full"]
         d = self.results["deliveries"]
-        mode = f"shed_at_memory_percent = {self.shed}:"
-
-        def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
-            result = "n/a" if ok is None else ("PASS" if ok else "MISS")
-            return {"target": f"{mode} {name}", "result": result, "value": value}
-
+        row = report.rows(f"shed_at_memory_percent = {self.shed}: ")
         lost = len(c["lost"])
         dup = len(c["duplicated_effects"])
         not_once = rf["acknowledged_not_applied_exactly_once"]
@@ -469,18 +423,8 @@ secrets = ["{keys["moncash"]}"]
                 f" Redis refused {red['writes_refused_oom']} writes (OOM), peak"
                 f" {red['used_memory_peak_percent']} % of maxmemory",
             ),
-            row(
-                "ingress never slower than 3 s",
-                ing["max_s"] < report.MAX_INGRESS_SECONDS and ing["client_timeouts_3s"] == 0,
-                f"p99 {ing['p99_s']} s, max {ing['max_s']} s,"
-                f" {ing['client_timeouts_3s']} client timeouts,"
-                f" {ing['connection_errors']} connection errors",
-            ),
-            row(
-                "no hookline process died",
-                not self.results["supervisor"]["unexpected_deaths"],
-                f"{len(self.results['supervisor']['unexpected_deaths'])} unexpected deaths",
-            ),
+            report.ingress_row(row, ing),
+            report.deaths_row(row, self.results),
         ]
 
 
@@ -530,20 +474,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Mix.flaky,
         help=f"share of events whose handler fails once, then succeeds (default {Mix.flaky:g})",
     )
-    parser.add_argument("--drain-timeout", type=float, default=120.0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="an existing PostgreSQL database to use (else one of our own on 127.0.0.1:5432)",
-    )
-    parser.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="run the processes from the tree itself, not from a copy taken at the start",
-    )
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep-workdir", action="store_true", help="keep logs even when all pass")
+    add_scenario_options(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     try:
         args.modes = [int(x) for x in args.modes.split(",") if x.strip()]
@@ -556,14 +487,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(
             "--rate must be positive, --maxmemory-mb at least 4, --flaky-share from 0 to 0.5"
         )
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(1 << 30)
-    # what the main run's harness reads
-    args.minutes = 1.0
-    args.profile = "short"
-    args.workers = WORKERS
-    args.fsync = "everysec"
-    args.system_postgres = True
+    finish_scenario_args(args, 1.0, WORKERS)
     return args
 
 
@@ -596,40 +520,27 @@ def print_summary(results: dict[str, Any]) -> None:
         )
         if res.get("harness_errors"):
             print(f"  harness notes: {res['harness_errors']}")
-    report.print_targets(results["targets"])
-    print(f"results: {results['out']}")
+    report.print_end(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python chaos/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    started = time.time()
-    results: dict[str, Any] = {
-        "scenario": "redis-full",
-        "command": command,
-        "rate": args.rate,
-        "maxmemory_mb": args.maxmemory_mb,
-        "full_for_s": args.full_for,
-        "after_s": args.after,
-        "provider_retries_s": args.provider_retries,
-        "seed": args.seed,
-        "modes": {},
-        "targets": [],
-        "out": str(args.out),
-    }
-    status = 0
-    for mode in args.modes:
-        res = run_mode(args, mode)
-        results["modes"][f"shed_{mode}"] = res
-        results["targets"] += res.get("targets", [])
-        status = max(status, res["exit_status"])
-        if res["exit_status"] in (2, 130):
-            break
-    results["wall_seconds"] = round(time.time() - started, 1)
-    results["exit_status"] = status
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    print_summary(results)
-    return status
+
+    def run(results: dict[str, Any]) -> int:
+        results.update(
+            {
+                "rate": args.rate,
+                "maxmemory_mb": args.maxmemory_mb,
+                "full_for_s": args.full_for,
+                "after_s": args.after,
+                "provider_retries_s": args.provider_retries,
+                "seed": args.seed,
+                "modes": {},
+                "targets": [],
+                "out": str(args.out),
+            }
+        )
+        modes = [(f"shed_{m}", functools.partial(run_mode, args, m)) for m in args.modes]
+        return run_modes(results, modes)
+
+    return scenario_main("redis-full", args, argv, run, print_summary)

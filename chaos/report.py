@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,11 @@ def count(values: Iterable[str]) -> dict[str, int]:
     for v in values:
         out[v] = out.get(v, 0) + 1
     return dict(sorted(out.items()))
+
+
+def answer(a: Attempt) -> str:
+    """A request's answer: its status, or the error it met (``timeout``...)."""
+    return str(a.status) if a.status is not None else str(a.error)
 
 
 def applied_at(key: Key, events: dict[Key, Any], dead: dict[Key, Any]) -> float | None:
@@ -197,9 +202,7 @@ def ingress(h: Harness) -> dict[str, Any]:
     return {
         "requests": len(attempts),
         "answered": len(answered),
-        "by_status": count(
-            str(a.status) if a.status is not None else str(a.error) for a in attempts
-        ),
+        "by_status": count(answer(a) for a in attempts),
         "p50_s": rnd(percentile(lat, 50), 4),
         "p99_s": rnd(percentile(lat, 99), 4),
         "max_s": rnd(max(lat, default=0.0), 4),
@@ -529,11 +532,69 @@ def redis_outages(h: Harness, tables: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def measure(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> None:
+def slow_503s(latencies: Sequence[float], percentiles: Sequence[float] = (50,)) -> dict[str, Any]:
+    """How long the answers 503 took (``latencies``): the slowest, the given percentiles,
+    and how many took 1 s or more."""
+    return {
+        "answers_503_max_s": rnd(max(latencies, default=0.0), 4),
+        **{f"answers_503_p{p:g}_s": rnd(percentile(latencies, p), 4) for p in percentiles},
+        "answers_503_1s_or_more": sum(1 for x in latencies if x >= MAX_503_SECONDS),
+    }
+
+
+def measure_run(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> None:
+    """What every run measures: the tables' counts, the checks on them, the ingress's answers
+    and the deliveries."""
     h.results["tables"] = table_counts(tables)
     h.results["checks"] = checks(h, tables, drain)
     h.results["ingress"] = ingress(h)
     h.results["deliveries"] = deliveries(h)
+
+
+def supervisor(h: Harness) -> dict[str, Any]:
+    """The supervisor's restarts, and the hookline processes that died unexpectedly."""
+    return {
+        "restarts": len(h.sup.restarts),
+        "unexpected_deaths": [
+            {"name": x.name, "pid": x.old_pid, "rc": x.returncode, "t": round(x.at - h.t0, 2)}
+            for x in h.sup.restarts
+            if not x.expected
+        ],
+    }
+
+
+Row = Callable[[str, bool | None, str], dict[str, Any]]
+
+
+def rows(prefix: str = "") -> Row:
+    """A maker of target rows named ``prefix`` + name: PASS, MISS or (``ok`` None) n/a."""
+
+    def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
+        result = "n/a" if ok is None else ("PASS" if ok else "MISS")
+        return {"target": f"{prefix}{name}", "result": result, "value": value}
+
+    return row
+
+
+def ingress_row(row: Row, ing: dict[str, Any]) -> dict[str, Any]:
+    """A scenario's target on the ingress's slowest answer (never 3 s)."""
+    return row(
+        "ingress never slower than 3 s",
+        ing["max_s"] < MAX_INGRESS_SECONDS and ing["client_timeouts_3s"] == 0,
+        f"p99 {ing['p99_s']} s, max {ing['max_s']} s,"
+        f" {ing['client_timeouts_3s']} client timeouts,"
+        f" {ing['connection_errors']} connection errors",
+    )
+
+
+def deaths_row(row: Row, results: dict[str, Any], more: str = "") -> dict[str, Any]:
+    """A scenario's target: no hookline process died (``more`` said after the count)."""
+    deaths = results["supervisor"]["unexpected_deaths"]
+    return row("no hookline process died", not deaths, f"{len(deaths)} unexpected deaths{more}")
+
+
+def measure(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> None:
+    measure_run(h, tables, drain)
     h.results["recovery"] = recovery(h, tables)
     h.results["redis_outages"] = redis_outages(h, tables)
     h.results["postgres_restarts"] = [
@@ -544,14 +605,7 @@ def measure(h: Harness, tables: dict[str, Any], drain: dict[str, Any]) -> None:
         }
         for x in h.pg_restarts
     ]
-    h.results["supervisor"] = {
-        "restarts": len(h.sup.restarts),
-        "unexpected_deaths": [
-            {"name": x.name, "pid": x.old_pid, "rc": x.returncode, "t": round(x.at - h.t0, 2)}
-            for x in h.sup.restarts
-            if not x.expected
-        ],
-    }
+    h.results["supervisor"] = supervisor(h)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -569,10 +623,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     slow_apply = rec["applied_later_than_backoff"]
     apply_bound = rec["max_backoff_s"] + rec["apply_slack_s"]
 
-    def row(name: str, ok: bool | None, value: str) -> dict[str, Any]:
-        result = "n/a" if ok is None else ("PASS" if ok else "MISS")
-        return {"target": name, "result": result, "value": value}
-
+    row = rows()
     dup = len(c["duplicated_effects"]) + len(rep.get("duplicated_effects_after_replay", []))
     return [
         row(
@@ -724,3 +775,9 @@ def print_targets(rows: Sequence[dict[str, Any]]) -> None:
     print(f"{'-' * width}  ------  -----")
     for t in rows:
         print(f"{t['target'].ljust(width)}  {t['result']:<6}  {t['value']}")
+
+
+def print_end(results: dict[str, Any]) -> None:
+    """A scenario's summary's end: the targets' table and where the results are."""
+    print_targets(results.get("targets", []))
+    print(f"results: {results['out']}")
