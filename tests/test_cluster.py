@@ -24,28 +24,9 @@ from shared.db import dead_letters, make_engine, webhook_events
 from tests.helpers import signed
 from tests.processes import env_for, free_port, hookline, processes, wait_until
 from tests.redis_topology import Cluster, cluster_topology
+from tests.test_shards import SOURCES
 
 pytestmark = pytest.mark.slow
-
-SOURCES = """
-[sources.slow]
-scheme = "hmac"
-secrets = ["slow-secret"]
-event_id = "json:id"
-event_type = "json:type"
-
-[sources.flaky]
-scheme = "hmac"
-secrets = ["flaky-secret"]
-event_id = "json:id"
-event_type = "json:type"
-
-[sources.poison]
-scheme = "hmac"
-secrets = ["poison-secret"]
-event_id = "json:id"
-event_type = "json:type"
-"""
 
 
 @pytest.fixture(scope="module")

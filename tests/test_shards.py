@@ -26,6 +26,13 @@ from shared.errors import ConfigError
 from tests.helpers import signed
 from tests.processes import env_for, hookline, processes, wait_until
 
+#: the sources of the shard and cluster tests: the test handlers' slow, flaky and poison ones
+SOURCES = "".join(
+    f'\n[sources.{name}]\nscheme = "hmac"\nsecrets = ["{name}-secret"]\n'
+    'event_id = "json:id"\nevent_type = "json:type"\n'
+    for name in ("slow", "flaky", "poison")
+)
+
 
 def _config(
     tmp_path: Path, redis_url: str, shards: int = 3, database_url: str | None = None
@@ -40,19 +47,7 @@ database_url = "{database_url or f"sqlite:///{tmp_path / 'shards.db'}"}"
 [worker]
 handlers = ["tests.handlers_for_tests"]
 max_attempts = 1
-
-[sources.slow]
-scheme = "hmac"
-secrets = ["slow-secret"]
-event_id = "json:id"
-event_type = "json:type"
-
-[sources.poison]
-scheme = "hmac"
-secrets = ["poison-secret"]
-event_id = "json:id"
-event_type = "json:type"
-"""
+{SOURCES}"""
     )
     return config
 
