@@ -148,21 +148,28 @@ async def post_all(port: int, events: Sequence[Any], concurrency: int = 32) -> d
     return answers
 
 
-def queue_started_key(r: Any) -> str:
-    from rq import Queue
-
-    return str(Queue(QUEUE, connection=r).started_job_registry.key)
+def queued_and_running(r: Any, shards: int) -> tuple[int, int]:
+    """Events queued, and running, in every shard (RQ's names: ``shared.keys``)."""
+    layout = keys.Layout.of(shards, cluster=False)
+    queued = sum(r.llen(s.queue_key(QUEUE)) for s in layout.shards)
+    return queued, sum(r.zcard(s.started_key(QUEUE)) for s in layout.shards)
 
 
 def events_phase(
-    procs: Procs, tmp: Path, r: Any, redis_url: str, n: int, code: Path = ROOT
+    procs: Procs,
+    tmp: Path,
+    r: Any,
+    redis_url: str,
+    n: int,
+    code: Path = ROOT,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """The events through ``code``'s ingress and workers (this checkout's, else an earlier
-    commit's: the baseline)."""
+    commit's: the baseline), the keys in ``shards`` shards."""
     db = scratch_database(PG_DB, tmp)
     try:
         config = tmp / "hookline.toml"
-        config.write_text(config_toml(redis_url, database_url=db))
+        config.write_text(config_toml(redis_url, database_url=db, redis_shards=shards))
         subprocess.run(
             hookline("db", "upgrade", "--config", str(config)),
             check=True,
@@ -185,9 +192,9 @@ def events_phase(
         empty, stats0 = reading(r), r.info("commandstats")
         answers = asyncio.run(post_all(port, sign_many(10**9 + 100, n)))
         queued, stats1 = reading(r), r.info("commandstats")
-        if answers != {202: n} or r.llen(keys.queue_key(QUEUE)) != n:
+        if answers != {202: n} or queued_and_running(r, shards)[0] != n:
             raise RuntimeError(
-                f"ingress answered {answers}, {r.llen(keys.queue_key(QUEUE))} queued"
+                f"ingress answered {answers}, {queued_and_running(r, shards)[0]} queued"
             )
         serve.stop(grace=5.0)
         workers = [
@@ -201,9 +208,8 @@ def events_phase(
         ]
         # the workers' figures are read when the last event is recorded, before the burst
         # workers' exit: Redis's own idle CPU (its timers) would count against them after
-        started = queue_started_key(r)
         wait_until(
-            lambda: r.llen(keys.queue_key(QUEUE)) == 0 and r.zcard(started) == 0,
+            lambda: queued_and_running(r, shards) == (0, 0),
             300,
             "the workers to apply every event",
             interval=0.02,
@@ -219,6 +225,7 @@ def events_phase(
         biggest = sorted(left.items(), key=lambda kv: -kv[1])[:5]
         return {
             "events": n,
+            "shards": shards,
             "database": db.split(":")[0],
             "ingress": per_event(empty, queued, n),
             "ingress_commands": commands_by_name(stats0, stats1, n),
@@ -455,7 +462,9 @@ def remove_checkout(where: Path) -> None:
     )
 
 
-def measure(procs: Procs, tmp: Path, n: int, m: int, baseline: str | None = None) -> dict[str, Any]:
+def measure(
+    procs: Procs, tmp: Path, n: int, m: int, baseline: str | None = None, shards: int = 1
+) -> dict[str, Any]:
     binary = redis_binary()
     _proc, port = start_redis(procs, "footprint-redis", tmp / "redis", server=binary)
     r = redis_client(f"redis://127.0.0.1:{port}/0")
@@ -478,8 +487,11 @@ def measure(procs: Procs, tmp: Path, n: int, m: int, baseline: str | None = None
             finally:
                 remove_checkout(code)
             r.flushall()
-        log(f"footprint: Redis {server['redis_version']} ({binary}); {n:,} events")
-        res["events"] = events_phase(procs, tmp, r, url, n)
+        log(
+            f"footprint: Redis {server['redis_version']} ({binary}); {n:,} events in"
+            f" {shards} shard(s)"
+        )
+        res["events"] = events_phase(procs, tmp, r, url, n, shards=shards)
         e = res["events"]
         log(
             f"  queued {e['queued_bytes']:,.0f} B/event, applied {e['applied_bytes']:,.0f}"
@@ -505,10 +517,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="also run the events through commit REF's code first, on the same Redis",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="redis_shards for this checkout's run (the keys' names carry each shard's tag);"
+        " the baseline runs unsharded",
+    )
     args = parser.parse_args(argv)
     return measure_and_report(
         "hookline-footprint-",
-        lambda procs, tmp: measure(procs, tmp, args.events, args.claims, args.baseline),
+        lambda procs, tmp: measure(
+            procs, tmp, args.events, args.claims, args.baseline, args.shards
+        ),
         report,
         args.out,
     )

@@ -1,11 +1,11 @@
 """The cluster scenario (``chaos/run.py --scenario cluster``), short: a Redis Cluster of three
 primaries each with a replica, ``redis_shards = 3`` (one shard per primary) and ``[ingest]
 ack_replicas = 1``, under provider-like traffic to a real ingress and one ``hookline worker``
-(a process per shard); the primary holding shard 1 is killed with ``kill -9`` 5 s in, the
-cluster promotes its replica and the old primary rejoins as its replica 4 s after the kill.
+(a process per shard); the primary holding shard 1 is killed with ``kill -9`` 4 s in, the
+cluster promotes its replica and the old primary rejoins as its replica 3 s after the kill.
 Nothing acknowledged may be lost, nothing applied twice, the other shards must answer only
-202/200 meanwhile, the 503s must all be shard 1's, and nothing may be left running. About 40
-s: 20 s of sending at 15 events/s (a few hundred events), the provider's retries 3 s and 10 s
+202/200 meanwhile, the 503s must all be shard 1's, and nothing may be left running. About 25
+s: 13 s of sending at 15 events/s (a few hundred events), the provider's retries 3 s and 10 s
 after a 503, the cluster's start and the drain."""
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ ARGS = [
     "--scenario",
     "cluster",
     "--seconds",
-    "20",
+    "13",
     "--rate",
     "15",
     "--kill-at",
-    "5",
-    "--restart-after",
     "4",
+    "--restart-after",
+    "3",
     "--shard",
     "1",
     "--provider-retries",

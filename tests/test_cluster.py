@@ -145,7 +145,7 @@ def test_rqs_stop_job_reaches_the_worker_of_the_jobs_shard(
 
     for event_id in ids:
         deliver(client, settings, "slow", json.dumps({"id": event_id, "type": "t"}).encode(), shard)
-    (tmp_path / "sleep").write_text("3")
+    (tmp_path / "sleep").write_text("2")
     with processes() as procs:
         procs.start(hookline("worker", "--shards", "2"), env, tmp_path / "worker.log")
         wait_until(lambda: (tmp_path / f"started_{ids[0]}").exists(), 30, "the batch starting")
@@ -207,8 +207,9 @@ async def test_a_shard_without_a_primary_answers_503_while_the_others_answer_202
 def test_a_cluster_that_cannot_serve_stops_the_commands_with_one_line(
     tmp_path: Path, redis_url: str
 ) -> None:
-    lone = free_port()
-    from tests.redis_topology import _redis_node
+    from tests.redis_topology import _cluster_ports, _redis_node
+
+    [lone] = _cluster_ports(1)  # its cluster bus (port + 10000) must be free too
 
     # a cluster node no cluster was made of: it serves no slot
     node = _redis_node(tmp_path, "lone", lone, "--cluster-enabled", "yes")

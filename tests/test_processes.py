@@ -240,13 +240,18 @@ def test_a_burst_worker_stops_on_sigterm_and_leaves_the_rest_queued(
         worker.send_signal(signal.SIGTERM)
         # Then it stops within seconds, its batch finished, instead of going on
         wait_for_exits([worker], "a burst worker on SIGTERM")
-    # And what it did not take stays queued, nothing lost or applied twice
+    # And what it did not take stays queued, nothing lost or applied twice: but for, at most,
+    # the one job RQ's loop had just moved into its intermediate list when the signal came
+    # (RQ stops an idle worker at once, between its dequeue and the batch), which the next
+    # worker's janitor hands back (tests/test_worker.py)
     applied = count(engine, webhook_events)
     queued = client.llen(keys.queue_key(settings.queue))
+    taken = client.llen(keys.intermediate_key(settings.queue))
     engine.dispose()
     client.close()
     assert queued > 0, "the queue was drained before the signal: make it longer"
-    assert applied + queued == events
+    assert taken <= 1
+    assert applied + queued + taken == events
 
 
 def test_workers_stop_within_seconds_of_sigterm(tmp_path: Path, redis_url: str) -> None:
