@@ -31,7 +31,7 @@ import asyncio
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -100,7 +100,7 @@ class ClusterTarget:
 
     nodes: tuple[tuple[str, int], ...]
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a message
     ssl: bool = False
 
     def describe(self) -> str:

@@ -147,6 +147,7 @@ def test_cluster_urls_are_read_and_bad_ones_are_one_clear_line() -> None:
     assert target.nodes == (("10.0.0.1", 7000), ("::1", 7001))
     assert (target.username, target.password, target.ssl) == ("app", "s3cret", True)
     assert "s3cret" not in redisconn.describe("redis+cluster://app:s3cret@10.0.0.1:7000")
+    assert "s3cret" not in repr(target)
     for bad, says in [
         ("redis+cluster://10.0.0.1:7000/0", "a cluster has no databases"),
         ("redis+cluster://10.0.0.1", "is not host:port"),
