@@ -58,8 +58,9 @@ def run(
     """Run a worker process for each of ``shards`` (``hookline worker`` with
     ``worker_args``) until they end; the exit status. A child that dies while the others
     run is started again after :data:`RESTART_SECONDS` (its jobs are recovered as any dead
-    worker's are), unless it stopped on a usage or configuration error (status 2) or this
-    is a ``--burst`` run: then the others are stopped and its status is this one's."""
+    worker's are; one stopped alone, by a signal of its own, too: a shard is never left
+    without its worker), unless it stopped on a usage or configuration error (status 2) or
+    this is a ``--burst`` run: then the others are stopped and its status is this one's."""
     folder = tempfile.mkdtemp(prefix="hookline-metrics-") if metrics_port else None
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -77,7 +78,10 @@ def run(
             env[MULTIPROC_ENV] = folder
         argv = [sys.executable, "-m", "hookline.cli", "worker", *worker_args]
         argv += ["--shards", str(shard.index)]
-        return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+        # a process group of its own: a terminal's Ctrl-C (sent to the whole foreground group)
+        # reaches this process only, which passes it on once (RQ takes a second SIGINT a
+        # second later for a cold shutdown, abandoning the batch)
+        return subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_die_with_parent)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     server = None
@@ -94,7 +98,7 @@ def run(
             time.sleep(0.2)
             for shard in shards:
                 code = children[shard.index].poll()
-                if code is None or code == 0 or stopping:
+                if code is None or stopping or (code == 0 and burst):
                     continue
                 if burst or code == EXIT_USAGE:
                     log.error(

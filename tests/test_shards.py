@@ -323,3 +323,40 @@ def test_dev_with_a_cluster_url_is_one_clear_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "not a Sentinel, cluster" in done.stderr
+
+
+def test_a_shards_worker_that_dies_is_started_again_and_ctrl_c_stops_them_all(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    import os
+
+    from shared import rqcompat
+    from tests.processes import pid_alive, signal_group
+
+    config = _config(tmp_path, redis_url, shards=2)
+    settings = load_settings(config)
+    layout = keys.Layout.of(2, cluster=False)
+    env = env_for(HOOKLINE_CONFIG=str(config), HOOKLINE_TEST_STATE=str(tmp_path))
+
+    def pids(shard: keys.Shard) -> set[int]:
+        found = rqcompat.read_workers(redis_client, settings.queue, shard)
+        return {w.pid for w in found if w.pid and pid_alive(w.pid)}
+
+    with processes() as procs:
+        # Given a worker serving both shards, from a terminal (its own process group)
+        worker = procs.start(hookline("worker"), env, tmp_path / "worker.log")
+        wait_until(lambda: all(pids(s) for s in layout.shards), 60, "both shards' workers")
+        [first] = pids(layout.shards[1])
+        # When shard 1's process is killed
+        os.kill(first, signal.SIGKILL)
+        # Then it is started again, and shard 0's is left alone
+        wait_until(lambda: pids(layout.shards[1]) - {first}, 60, "shard 1's worker again")
+        every = pids(layout.shards[0]) | pids(layout.shards[1])
+        # When Ctrl-C reaches the terminal's process group
+        signal_group(worker, signal.SIGINT)
+        # Then every shard's worker stops, warmly, and so does hookline worker
+        assert worker.wait(30) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in every), 30, "the shards' workers")
+    log = (tmp_path / "worker.log").read_text()
+    assert "the worker of shard 1 exited with status -9: starting it again" in log
+    assert "cold shutdown" not in log.lower()
