@@ -14,6 +14,7 @@ children count into prometheus-client's multiprocess folder and this process ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -98,7 +99,13 @@ def run(
             time.sleep(0.2)
             for shard in shards:
                 code = children[shard.index].poll()
-                if code is None or stopping or (code == 0 and burst):
+                if code is None:
+                    continue
+                # what it left behind: RQ's scheduler is a process of its own, forked by the
+                # worker, that outlives a worker killed with kill -9 (holding the scheduler
+                # lock, heartbeating for ever); a child's process group is its own
+                _kill_group(children[shard.index])
+                if stopping or (code == 0 and burst):
                     continue
                 if burst or code == EXIT_USAGE:
                     log.error(
@@ -133,12 +140,19 @@ def run(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            _kill_group(child)
         if server is not None:
             server.shutdown()
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to what is left in an exited child's process group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 def _serve_metrics(port: int, folder: str | None, ready: Callable[[], bool] | None) -> Any:

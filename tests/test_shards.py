@@ -331,7 +331,7 @@ def test_a_shards_worker_that_dies_is_started_again_and_ctrl_c_stops_them_all(
     import os
 
     from shared import rqcompat
-    from tests.processes import pid_alive, signal_group
+    from tests.processes import pid_alive, processes_in_groups, signal_group
 
     config = _config(tmp_path, redis_url, shards=2)
     settings = load_settings(config)
@@ -349,14 +349,16 @@ def test_a_shards_worker_that_dies_is_started_again_and_ctrl_c_stops_them_all(
         [first] = pids(layout.shards[1])
         # When shard 1's process is killed
         os.kill(first, signal.SIGKILL)
-        # Then it is started again, and shard 0's is left alone
+        # Then it is started again, and shard 0's is left alone; and what it left behind (RQ's
+        # scheduler, a process it forked, which a kill -9 orphans) is gone
         wait_until(lambda: pids(layout.shards[1]) - {first}, 60, "shard 1's worker again")
+        wait_until(lambda: not processes_in_groups([first]), 10, "its scheduler stopped")
         every = pids(layout.shards[0]) | pids(layout.shards[1])
         # When Ctrl-C reaches the terminal's process group
         signal_group(worker, signal.SIGINT)
         # Then every shard's worker stops, warmly, and so does hookline worker
         assert worker.wait(30) == 0
-        wait_until(lambda: not any(pid_alive(p) for p in every), 30, "the shards' workers")
+        wait_until(lambda: not processes_in_groups(every), 30, "the shards' workers")
     log = (tmp_path / "worker.log").read_text()
     assert "the worker of shard 1 exited with status -9: starting it again" in log
     assert "cold shutdown" not in log.lower()
