@@ -129,6 +129,46 @@ def test_the_claim_script_writes_the_job_rq_enqueue_writes(
     assert is_claimed(redis_client, spec, ENVELOPE.source, ENVELOPE.event_id)
 
 
+def test_a_replay_writes_the_job_rq_enqueue_writes_in_any_shard(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    from shared import rqcompat
+
+    spec = JobSpec("hookline", 60, 100, 8, (5, 30, 120))
+    # Given the job RQ's own Queue.enqueue_job writes for an event
+    queue = queues_for(make_settings(sources={}), [], redis_client)[0]
+    job = build_job(ENVELOPE, spec, JOB_ID)
+    job.connection = redis_client
+    queue.enqueue_job(job)
+    rqs = snapshot(redis_client)
+    # When a replay queues the same job (the commands and the console, in any shard)
+    flush_except_lock(redis_url)
+    rqcompat.enqueue(redis_client, build_job(ENVELOPE, spec, JOB_ID))
+    # Then it wrote the same keys
+    assert diff(snapshot(redis_client), rqs) == []
+    # And in a shard, the same under the shard's prefix
+    flush_except_lock(redis_url)
+    shard = keys.Layout.of(3, cluster=True).shards[1]
+    rqcompat.enqueue(redis_client, build_job(ENVELOPE, spec, JOB_ID), shard)
+    ours = snapshot(redis_client)
+    assert ours and all(k.startswith(shard.rq_prefix.encode() + b":") for k in ours)
+    base, tagged = keys.PROCESS_RQ_PREFIX.encode(), shard.rq_prefix.encode()
+    assert diff(_untagged(ours, tagged, base), rqs) == []
+
+
+def _untagged(found: dict[bytes, Any], tagged: bytes, base: bytes) -> dict[bytes, Any]:
+    """A shard's snapshot with the shard's prefix put back to RQ's, in names and members."""
+
+    def back(value: Any) -> Any:
+        if isinstance(value, bytes) and value.startswith(tagged):
+            return base + value[len(tagged) :]
+        if isinstance(value, list):
+            return [back(v) for v in value]
+        return value
+
+    return {back(k): (kind, back(v), ttl) for k, (kind, v, ttl) in found.items()}
+
+
 # -- the workers ------------------------------------------------------------------------------
 
 
