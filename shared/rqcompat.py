@@ -29,8 +29,15 @@ What is here, and how each piece is held to RQ:
   ``enqueued_at``, retries scheduled, workers alive), read with the asyncio client straight
   from RQ's keys in three round trips, without RQ's classes (which are synchronous, and whose
   ``count`` and ``Worker.all`` clean up as a side effect).
+- :func:`read_counts`, :func:`read_workers` and :func:`enqueue`: what the commands and the
+  console read and write in every shard. RQ's classes name keys under the one
+  ``RQ_KEY_PREFIX`` their process imported RQ with, and a shard's keys are RQ's names under
+  the shard's prefix (:mod:`shared.keys`), so a process acting on several shards reads RQ's
+  keys (as ``Worker.refresh`` / ``get_current_executions`` read them) and writes what
+  ``Queue.enqueue_job`` writes itself (``tests/test_rqcompat.py`` holds them equal).
 
-Every key comes from RQ's classes (:mod:`shared.keys`), so ``RQ_KEY_PREFIX`` moves them all.
+Every key comes from RQ's classes (:mod:`shared.keys`), so ``RQ_KEY_PREFIX`` moves them all,
+and a shard's prefix moves them into the shard.
 """
 
 from __future__ import annotations
