@@ -307,7 +307,8 @@ def worker(
         sys.exit(
             shardworkers.run(served, args, burst=burst, metrics_port=metrics_port, ready=ready)
         )
-    _check_eviction(settings)
+    if keys.this_shard() is None:  # a shard's process: the parent checked, once for all
+        _check_eviction(settings)
     _check_traces(settings)
     _logging(settings)
     if metrics_port:

@@ -125,11 +125,14 @@ class Operations:
         workers: list[rqcompat.WorkerReading] = []
         per_shard: list[dict[str, Any]] = []
         down: list[str] = []
+        memories: dict[int, dict[str, int | None]] = {}  # shards on one Redis read it once
         for shard, client in self.shards:
             try:
                 counts = rqcompat.read_counts(client, queue, shard)
                 found = rqcompat.read_workers(client, queue, shard)
-                memory = redis_memory(client)
+                if id(client) not in memories:
+                    memories[id(client)] = redis_memory(client)
+                memory = memories[id(client)]
             except RedisError as err:
                 if len(self.shards.layout.shards) == 1:
                     raise

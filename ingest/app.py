@@ -168,22 +168,26 @@ async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     counter = DeadLetterCounter(settings.database_url)
 
-    async def read_shard(shard: keys.Shard, client: aioredis.Redis) -> RedisReading:
-        queues = await rqcompat.read_queues(client, settings.queue, shard)
+    async def read_client(served: list[keys.Shard], client: aioredis.Redis) -> list[RedisReading]:
+        """The shards one Redis serves: its memory read once for them all."""
         memory = await client.info("memory")
-        return RedisReading(
-            queues, int(memory["used_memory"]), int(memory.get("maxmemory", 0)), shard.index
-        )
+        used, most = int(memory["used_memory"]), int(memory.get("maxmemory", 0))
+        return [
+            RedisReading(await rqcompat.read_queues(client, settings.queue, s), used, most, s.index)
+            for s in served
+        ]
 
     async def read_redis() -> list[RedisReading]:
-        """Every shard's reading; a shard that cannot be read is left out (its series go
-        missing, as a down target's do), the others are shown."""
+        """Every shard's reading; a shard whose Redis cannot be read is left out (its series
+        go missing, as a down target's do), the others are shown."""
         async with asyncio.timeout(settings.ingest.redis_timeout_seconds * 2):
             found = await asyncio.gather(
-                *(read_shard(shard, client) for shard, client in app[SHARDS]),
+                *(read_client(served, client) for served, client in app[SHARDS].distinct()),
                 return_exceptions=True,
             )
-        readings = [r for r in found if isinstance(r, RedisReading)]
+        readings = sorted(
+            (r for one in found if isinstance(one, list) for r in one), key=lambda r: r.shard
+        )
         if not readings:
             raise next(e for e in found if isinstance(e, BaseException))
         return readings
