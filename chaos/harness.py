@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -1111,6 +1112,20 @@ secrets = ["{keys["moncash"]}"]
 
     # -- teardown --------------------------------------------------------------------------
 
+    def run_record(self, keep: bool, status: int) -> dict[str, Any]:
+        """What every run's results say of it: its database and code, when it ran and how
+        long, its timeline, the harness's errors, the work folder if kept, its exit status."""
+        return {
+            "database": self.pg_note,
+            "code": self.code_version,
+            "started_at": dt.datetime.fromtimestamp(self.started, dt.UTC).isoformat(),
+            "wall_seconds": round(time.time() - self.started, 1),
+            "timeline": [{k: v for k, v in e.items() if k != "at"} for e in self.timeline],
+            "harness_errors": self.errors,
+            "workdir_kept": str(self.work) if keep else None,
+            "exit_status": status,
+        }
+
     def teardown(self, keep: bool) -> None:
         if self.sender is not None:
             self.sender.abort()
@@ -1261,7 +1276,6 @@ def run_scenario_mode(
     scenario's own ``measure`` and ``targets``; an error or Ctrl-C aborts the mode with its
     traceback; everything is stopped, and the results carry ``mode``, where and when it ran
     and its exit status (0 every check PASS, 1 a MISS, 2 aborted, 130 interrupted)."""
-    import datetime as dt
     import traceback
 
     status = 2
@@ -1282,19 +1296,7 @@ def run_scenario_mode(
             harness.results["interrupted"] = True
     finally:
         harness.teardown(keep)
-        harness.results.update(
-            {
-                **mode,
-                "database": harness.pg_note,
-                "code": harness.code_version,
-                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
-                "wall_seconds": round(time.time() - harness.started, 1),
-                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
-                "harness_errors": harness.errors,
-                "workdir_kept": str(harness.work) if keep else None,
-                "exit_status": status,
-            }
-        )
+        harness.results.update({**mode, **harness.run_record(keep, status)})
     return dict(harness.results)
 
 

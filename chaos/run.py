@@ -26,11 +26,9 @@ primary rejoins as its replica; the other shards must keep answering 202 meanwhi
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -106,15 +104,8 @@ def faults(argv: Sequence[str] | None = None) -> int:
                 "rate": args.rate,
                 "fsync": args.fsync,
                 "seed": args.seed,
-                "database": harness.pg_note,
-                "code": harness.code_version,
                 "rq_scheduler_lock_holders": harness.scheduler_lock,
-                "started_at": dt.datetime.fromtimestamp(harness.started, dt.UTC).isoformat(),
-                "wall_seconds": round(time.time() - harness.started, 1),
-                "timeline": [{k: v for k, v in e.items() if k != "at"} for e in harness.timeline],
-                "harness_errors": harness.errors,
-                "workdir_kept": str(harness.work) if keep else None,
-                "exit_status": status,
+                **harness.run_record(keep, status),
             }
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)

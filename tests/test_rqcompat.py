@@ -110,16 +110,24 @@ def diff(ours: dict[bytes, Any], rqs: dict[bytes, Any]) -> list[str]:
 # -- the ingress ------------------------------------------------------------------------------
 
 
+SPEC = JobSpec("hookline", 60, 100, 8, (5, 30, 120))
+
+
+def rq_enqueued(redis_client: redis.Redis) -> dict[bytes, Any]:
+    """Every key RQ's own Queue.enqueue_job writes for the test's event, normalised."""
+    queue = queues_for(make_settings(sources={}), [], redis_client)[0]
+    job = build_job(ENVELOPE, SPEC, JOB_ID)
+    job.connection = redis_client
+    queue.enqueue_job(job)
+    return snapshot(redis_client)
+
+
 def test_the_claim_script_writes_the_job_rq_enqueue_writes(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    spec = JobSpec("hookline", 60, 100, 8, (5, 30, 120))
+    spec = SPEC
     # Given the job RQ's own Queue.enqueue_job writes for an event
-    queue = queues_for(make_settings(sources={}), [], redis_client)[0]
-    job = build_job(ENVELOPE, spec, JOB_ID)
-    job.connection = redis_client
-    queue.enqueue_job(job)
-    rqs = snapshot(redis_client)
+    rqs = rq_enqueued(redis_client)
     # When the ingress's claim-and-enqueue script queues the same event with the same id
     flush_except_lock(redis_url)
     assert claim(redis_client, ENVELOPE, spec, job_id=JOB_ID).accepted
@@ -134,13 +142,9 @@ def test_a_replay_writes_the_job_rq_enqueue_writes_in_any_shard(
 ) -> None:
     from shared import rqcompat
 
-    spec = JobSpec("hookline", 60, 100, 8, (5, 30, 120))
+    spec = SPEC
     # Given the job RQ's own Queue.enqueue_job writes for an event
-    queue = queues_for(make_settings(sources={}), [], redis_client)[0]
-    job = build_job(ENVELOPE, spec, JOB_ID)
-    job.connection = redis_client
-    queue.enqueue_job(job)
-    rqs = snapshot(redis_client)
+    rqs = rq_enqueued(redis_client)
     # When a replay queues the same job (the commands and the console, in any shard)
     flush_except_lock(redis_url)
     rqcompat.enqueue(redis_client, build_job(ENVELOPE, spec, JOB_ID))
