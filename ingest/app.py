@@ -146,14 +146,15 @@ def _redis_ctx(
         app[SHARDS] = clients
         app[REDIS] = clients.home
         script = claim_script(app[JOB_SPEC]).text
-        claims: list[Claims] = [None] * len(clients.clients)  # type: ignore[list-item]
-        memory: list[MemoryGuard] = [None] * len(clients.clients)  # type: ignore[list-item]
-        for served, client in clients.distinct():
-            one = Claims(client, script, settings.ingest)
-            guard = MemoryGuard(settings.ingest.shed_at_memory_percent)
-            for shard in served:
-                claims[shard.index], memory[shard.index] = one, guard
-        app[CLAIMS], app[MEMORY] = claims, memory
+        per_client = {
+            id(client): (
+                Claims(client, script, settings.ingest),
+                MemoryGuard(settings.ingest.shed_at_memory_percent),
+            )
+            for _, client in clients.distinct()
+        }
+        app[CLAIMS] = [per_client[id(client)][0] for _, client in clients]
+        app[MEMORY] = [per_client[id(client)][1] for _, client in clients]
         if settings.ingest.ack_fsync:
             for _, client in clients.distinct():
                 await _check_waitaof(client)
